@@ -1,0 +1,261 @@
+"""Blocks shared by every CNN family: the learner, the shortcut, the PNNH coder.
+
+A block is a learner F (conv-norm-act, ..., conv-norm) followed by the block's
+activation. The three kinds differ only in what is added to F(x) before it:
+
+    residual:  act(F(x) + S(x))                        S identity or 1x1 conv + BN
+    plain:     act(F(x))
+    pnnh:      act(F(x) + decode(act(u) - act(-u)))    u = encode(x)
+
+In a PNNH block the pair [act(u), act(-u)] is made of extra output channels of
+F's first conv and carried through F's later layers (see ``pnnh.convert``), so
+no tensor skips a layer; act(u) - act(-u) = u for ReLU, GELU and SiLU, so the
+code survives the non-linearity whatever its sign.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import PnnhError
+from .registry import KINDS
+
+LayerFn = Callable[..., nn.Module]
+
+
+class ConvNormAct(nn.Module):
+    """conv (no bias) -> norm -> act; ``apply_act=False`` leaves the activation out."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1,
+                 norm_layer: LayerFn = nn.BatchNorm2d, act_layer: LayerFn = nn.ReLU,
+                 apply_act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding=kernel_size // 2, bias=False)
+        self.bn = norm_layer(out_ch)
+        self.act = act_layer() if apply_act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class TiedCoder(nn.Module):
+    """u = E x (a 1x1 map, strided with the block), decoded by the tied transpose E^T.
+
+    E starts with orthonormal rows (columns when the code is wider), so with a
+    code as wide as the block E^T E = I and the block computes what a residual
+    block computes. ``learnable=False`` keeps E frozen (a buffer, not counted
+    as a parameter), which keeps E^T E = I for the whole of training.
+    """
+
+    def __init__(self, channels: int, code_channels: int, learnable: bool, stride: int = 1):
+        super().__init__()
+        self.stride = stride
+        weight = torch.empty(code_channels, channels)
+        if not weight.is_meta:
+            nn.init.orthogonal_(weight)
+        if learnable:
+            self.weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("weight", weight)
+
+    @property
+    def code_channels(self) -> int:
+        return self.weight.shape[0]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], stride=self.stride)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(code, self.weight.t()[:, :, None, None])
+
+    def encode_matrix(self) -> torch.Tensor:
+        return self.weight
+
+    def decode_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight.t(), torch.zeros_like(self.weight[0])
+
+
+class ProjectionCoder(TiedCoder):
+    """Where width or resolution change: the orthogonal E, then a learned 1x1 decoder D and BN.
+
+    decode(act(u) - act(-u)) = BN(D E x): with E orthogonal this spans the same
+    maps, with the same parameter count, as the residual kind's projection
+    shortcut BN(P x), but the code stays as narrow as the block's input.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, code_channels: int, learnable: bool,
+                 norm_layer: LayerFn = nn.BatchNorm2d):
+        super().__init__(in_ch, code_channels, learnable, stride)
+        self.conv = nn.Conv2d(code_channels, out_ch, 1, bias=False)
+        self.bn = norm_layer(out_ch)
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(code))
+
+    def decode_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, shift = bn_affine(self.bn)
+        return self.conv.weight[:, :, 0, 0] * scale[:, None], shift
+
+
+def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of an eval-mode BatchNorm, so that bn(x) = scale * x + shift per channel."""
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise PnnhError(f"cannot fold {type(bn).__name__} into a conv; only BatchNorm2d folds")
+    std = torch.sqrt(bn.running_var + bn.eps)
+    weight = bn.weight if bn.weight is not None else torch.ones_like(std)
+    bias = bn.bias if bn.bias is not None else torch.zeros_like(std)
+    scale = weight / std
+    return scale, bias - scale * bn.running_mean
+
+
+class CoderBank:
+    """Hands out the coders of one PNNH model, block by block.
+
+    coder: "frozen" (orthogonal E, never trained; the default, which trains as
+      the residual kind does) or "learned" (E trained, decoded by the tied E^T).
+    coder_share: "stage" (one E for all same-width blocks of a stage) or "block";
+      a stage-changing block always has its own coder.
+    code_ratio: the code's width as a fraction of the block's (a rank-limited path).
+    """
+
+    CODERS = ("frozen", "learned")
+    SHARES = ("stage", "block")
+
+    def __init__(self, coder: str = "frozen", coder_share: str = "stage", code_ratio: float = 1.0,
+                 norm_layer: LayerFn = nn.BatchNorm2d):
+        if coder not in self.CODERS:
+            raise PnnhError(f"unknown coder {coder!r}; valid: {', '.join(self.CODERS)}")
+        if coder_share not in self.SHARES:
+            raise PnnhError(f"unknown coder_share {coder_share!r}; valid: {', '.join(self.SHARES)}")
+        if not code_ratio > 0:
+            raise PnnhError(f"code_ratio must be > 0, got {code_ratio}")
+        self.learnable = coder == "learned"
+        self.share = coder_share
+        self.code_ratio = code_ratio
+        self.norm_layer = norm_layer
+        self._stage_coder: TiedCoder | None = None
+
+    def new_stage(self) -> None:
+        self._stage_coder = None
+
+    def __call__(self, in_ch: int, out_ch: int, stride: int) -> nn.Module:
+        code_channels = max(1, round(in_ch * self.code_ratio))
+        if in_ch != out_ch or stride != 1:
+            return ProjectionCoder(in_ch, out_ch, stride, code_channels, self.learnable, self.norm_layer)
+        if self.share == "stage" and self._stage_coder is not None:
+            return self._stage_coder
+        coder = TiedCoder(in_ch, code_channels, self.learnable)
+        if self.share == "stage":
+            self._stage_coder = coder
+        return coder
+
+
+class Block(nn.Module):
+    """One block of any family: a learner of 2 (basic) or 3 (bottleneck) convs and an internal path.
+
+    widths[i] -> widths[i + 1] is conv i, with kernel_sizes[i] and strides[i].
+    """
+
+    def __init__(self, widths: list[int], kernel_sizes: list[int], strides: list[int], kind: str,
+                 coders: CoderBank | None = None, norm_layer: LayerFn = nn.BatchNorm2d,
+                 act_layer: LayerFn = nn.ReLU):
+        super().__init__()
+        if kind not in KINDS:
+            raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        n = len(kernel_sizes)
+        self.kind = kind
+        self.learner = nn.Sequential(*[
+            ConvNormAct(widths[i], widths[i + 1], kernel_sizes[i], strides[i], norm_layer, act_layer,
+                        apply_act=i < n - 1)
+            for i in range(n)])
+        in_ch, out_ch, stride = widths[0], widths[-1], math.prod(strides)
+        self.shortcut: nn.Module | None = None
+        self.coder: nn.Module | None = None
+        if kind == "residual":
+            if in_ch == out_ch and stride == 1:
+                self.shortcut = nn.Identity()
+            else:
+                self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), norm_layer(out_ch))
+        elif kind == "pnnh":
+            self.coder = (coders or CoderBank(norm_layer=norm_layer))(in_ch, out_ch, stride)
+        self.act = act_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.learner(x)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        if self.coder is not None:
+            u = self.coder.encode(x)
+            out = out + self.coder.decode(self.act(u) - self.act(-u))
+        return self.act(out)
+
+
+class ConvNet(nn.Module):
+    """stem -> blocks -> global pool -> linear: the shape of every CNN here (timm's contract).
+
+    ``blocks`` is a flat sequence of Blocks, single ConvNormActs and pooling
+    layers, in forward order; the probe and ``to_plain`` walk it.
+    """
+
+    def __init__(self, stem: nn.Sequential, blocks: list[nn.Module], num_features: int, num_classes: int,
+                 kind: str, input_size: tuple[int, int, int]):
+        super().__init__()
+        self.kind = kind
+        self.stem = stem
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.default_cfg = {"input_size": input_size, "num_classes": num_classes}
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # He-normal (Var = 2 / fan_in), the initialisation the paper's theorems assume.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Learned coder weights keep their orthogonal scale better without decay (docs/design-notes.md)."""
+        return {name for name, _ in self.named_parameters() if name.endswith("coder.weight")}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x).flatten(1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
+        """(logits, [(name, output)] of the stem and of every block and conv layer, in order)."""
+        x = self.stem(x)
+        intermediates = [("stem", x)]
+        for i, layer in enumerate(self.blocks):
+            x = layer(x)
+            if not isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+                intermediates.append((f"blocks.{i}", x))
+        return self.forward_head(x), intermediates
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def learner_width(width: int, learner_ratio: float) -> int:
+    if not learner_ratio > 0:
+        raise PnnhError(f"learner_ratio must be > 0, got {learner_ratio}")
+    return max(1, round(width * learner_ratio))

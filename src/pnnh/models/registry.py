@@ -1,0 +1,61 @@
+"""A timm-style registry: every model family registers its constructors here."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import PnnhError
+
+KINDS = ("residual", "plain", "pnnh")
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY: dict[str, str] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator: register ``fn(kind=..., **kwargs)`` under its function name."""
+    _MODELS[fn.__name__] = fn
+    _FAMILY[fn.__name__] = fn.__module__.rsplit(".", 1)[-1]
+    return fn
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names (optionally filtered by a shell-style pattern), sorted naturally."""
+    names = [n for n in _MODELS if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+    def natural(name: str) -> tuple[str, int]:
+        stem = name.rstrip("0123456789")
+        return stem, int(name[len(stem):] or 0)
+
+    return sorted(names, key=natural)
+
+
+def model_family(name: str) -> str:
+    check_model_name(name)
+    return _FAMILY[name]
+
+
+def check_model_name(name: str) -> None:
+    if name not in _MODELS:
+        raise PnnhError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+
+
+def check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def create_model(name: str, kind: str = "residual", **kwargs) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("resnet56", kind="pnnh", learner_ratio=0.5)``.
+
+    Keyword options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's
+    ``coder``/``coder_share``/``code_ratio``, ...) go to the family's constructor.
+    """
+    check_model_name(name)
+    check_kind(kind)
+    try:
+        return _MODELS[name](kind=kind, **kwargs)
+    except TypeError as e:  # an unknown keyword option
+        raise PnnhError(f"bad option for {name}: {e}") from None

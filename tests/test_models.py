@@ -1,0 +1,235 @@
+"""The model zoo, tested over the whole registry: shapes, gradients, counts, and the plain-chain proof."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pnnh
+from pnnh.convert import PLAIN_MODULE_TYPES, block_to_plain
+from pnnh.models import Block, ProjectionCoder, TiedCoder
+from pnnh.profile import count_params
+from conftest import randomise_batchnorm
+
+ALL = [(name, kind) for name in pnnh.list_models() for kind in pnnh.KINDS]
+NOT_RESIDUAL = [(name, kind) for name, kind in ALL if kind != "residual"]
+BOTTLENECK = {"resnet50", "resnet101", "resnet152"}
+
+# He et al. 2016 (CIFAR, table 6) and torchvision's counts for the residual kind.
+HE_CIFAR_PARAMS = {"resnet20": 0.27e6, "resnet32": 0.46e6, "resnet44": 0.66e6, "resnet56": 0.85e6,
+                   "resnet110": 1.7e6, "resnet1202": 19.4e6}
+TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+                      "resnet101": 44_549_160, "resnet152": 60_192_808}
+
+
+@pytest.mark.parametrize("name,kind", ALL)
+def test_forward_backward(name: str, kind: str) -> None:
+    torch.manual_seed(0)
+    # A 1202-layer plain net's gradient grows ~1e87-fold from head to stem at initialisation (the
+    # degradation the paper studies): past float32's range, so that one runs in float64.
+    dtype = torch.float64 if (name, kind) == ("resnet1202", "plain") else torch.float32
+    model = pnnh.create_model(name, kind=kind, num_classes=7).to(dtype)
+    x = torch.randn(2, 3, 32, 32, dtype=dtype)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18", "vgg11"])
+@pytest.mark.parametrize("in_chans,size", [(1, 28), (3, 32), (3, 224)])
+def test_input_sizes_and_channels(name: str, in_chans: int, size: int) -> None:
+    model = pnnh.create_model(name, kind="pnnh", in_chans=in_chans, num_classes=5).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, in_chans, size, size))
+    assert out.shape == (1, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(HE_CIFAR_PARAMS))
+def test_cifar_resnet_params_match_he_et_al(name: str) -> None:
+    n = count_params(pnnh.create_model(name, kind="residual"))
+    assert abs(n / HE_CIFAR_PARAMS[name] - 1) < 0.03, f"{name}: {n} parameters vs {HE_CIFAR_PARAMS[name]}"
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
+def test_imagenet_resnet_params_match_torchvision(name: str) -> None:
+    assert count_params(pnnh.create_model(name, kind="residual")) == TORCHVISION_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet50", "vgg16"])
+def test_pnnh_default_has_the_residual_parameter_count(name: str) -> None:
+    residual = count_params(pnnh.create_model(name, kind="residual"))
+    assert count_params(pnnh.create_model(name, kind="pnnh")) == residual
+
+
+def _assert_plain_chain(chain: nn.Module) -> None:
+    assert isinstance(chain, nn.Sequential)
+    bad = [type(m).__name__ for m in chain if not isinstance(m, PLAIN_MODULE_TYPES)]
+    assert not bad, f"non-plain modules in the chain: {bad}"
+    for m in chain:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert m.bias is not None
+
+
+def _check_parity(model: nn.Module, chain: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected, got = model(x), chain(x)
+    err = (expected - got).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= 1e-5 * max(1.0, scale), f"max |difference| {err:.3g} at output scale {scale:.3g}"
+
+
+@pytest.mark.parametrize("name,kind", NOT_RESIDUAL)
+def test_to_plain_parity(name: str, kind: str) -> None:
+    torch.manual_seed(0)
+    # A bottleneck PNNH net's plain form carries a 2C-wide code through each 3x3 conv (~0.8G
+    # parameters for resnet50); its full chain is checked with a narrow code here, and the full-width
+    # blocks one by one in test_to_plain_parity_full_width_bottleneck_blocks.
+    kwargs = {"code_ratio": 1 / 16} if kind == "pnnh" and name in BOTTLENECK else {}
+    model = pnnh.create_model(name, kind=kind, num_classes=10, **kwargs).double()
+    randomise_batchnorm(model)
+    model.eval()
+    chain = pnnh.to_plain(model)
+    _assert_plain_chain(chain)
+    _check_parity(model, chain, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", sorted(BOTTLENECK))
+def test_to_plain_parity_full_width_bottleneck_blocks(name: str) -> None:
+    model = pnnh.create_model(name, kind="pnnh").eval()
+    randomise_batchnorm(model)
+    blocks = list(model.blocks)
+    stage_starts = [i for i, b in enumerate(blocks) if isinstance(b.coder, ProjectionCoder)]
+    assert len(stage_starts) == 4
+    checked = set(stage_starts) | {i + 1 for i in stage_starts}  # a stage-changing and a tied block each
+    x = torch.randn(1, 64, 8, 8)
+    for i, block in enumerate(blocks):
+        if i in checked:
+            chain = block_to_plain(block)
+            _assert_plain_chain(chain)
+            _check_parity(block, chain, x)
+        with torch.no_grad():
+            x = block(x)
+
+
+@pytest.mark.parametrize("coder,share,code_ratio", [("learned", "block", 1.0), ("learned", "stage", 0.5),
+                                                    ("frozen", "block", 0.25)])
+def test_to_plain_parity_coder_options(coder: str, share: str, code_ratio: float) -> None:
+    model = pnnh.create_model("resnet20", kind="pnnh", coder=coder, coder_share=share, code_ratio=code_ratio,
+                              learner_ratio=0.5).double()
+    randomise_batchnorm(model)
+    with torch.no_grad():  # move a learned E away from orthogonal, so the decoder must really be E^T
+        for m in model.modules():
+            if isinstance(m, TiedCoder) and isinstance(m.weight, nn.Parameter):
+                m.weight.add_(0.1 * torch.randn_like(m.weight))
+    model.eval()
+    chain = pnnh.to_plain(model)
+    _assert_plain_chain(chain)
+    _check_parity(model, chain, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+def test_plain_model_has_no_skip_and_residual_is_refused() -> None:
+    plain = pnnh.create_model("resnet20", kind="plain").eval()
+    chain = pnnh.to_plain(plain)
+    # a plain resnet20 is 19 conv+ReLU layers and a linear head, nothing else
+    assert sum(isinstance(m, nn.Conv2d) for m in chain) == 19
+    assert all(b.shortcut is None and b.coder is None for b in plain.blocks)
+    with pytest.raises(pnnh.PnnhError, match="residual model has skip connections"):
+        pnnh.to_plain(pnnh.create_model("resnet20", kind="residual").eval())
+    with pytest.raises(pnnh.PnnhError, match="model.eval"):
+        pnnh.to_plain(pnnh.create_model("resnet20", kind="pnnh"))
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18", "resnet50", "vgg13"])
+def test_pnnh_computes_the_residual_function(name: str) -> None:
+    """With the frozen orthogonal coder, a PNNH net given a residual net's weights computes that net."""
+    torch.manual_seed(0)
+    residual = pnnh.create_model(name, kind="residual").double()
+    randomise_batchnorm(residual)
+    model = pnnh.create_model(name, kind="pnnh").double()
+    for m in model.modules():  # redraw E in float64, so that E^T E = I to float64 precision
+        if isinstance(m, TiedCoder):
+            nn.init.orthogonal_(m.weight)
+    state = model.state_dict()
+    for key, value in residual.state_dict().items():
+        if ".shortcut." not in key:
+            state[key] = value
+    for i, (rb, pb) in enumerate(zip(residual.blocks, model.blocks)):
+        if isinstance(rb, Block) and not isinstance(rb.shortcut, nn.Identity):
+            proj_w = rb.shortcut[0].weight[:, :, 0, 0]
+            encode = pb.coder.encode_matrix()
+            state[f"blocks.{i}.coder.conv.weight"] = (proj_w @ encode.t())[:, :, None, None]  # D E = P
+            for k, v in rb.shortcut[1].state_dict().items():
+                state[f"blocks.{i}.coder.bn.{k}"] = v
+    model.load_state_dict(state)
+    x = torch.randn(4, 3, 64, 64, dtype=torch.float64)  # large enough that batch statistics are not degenerate
+    for mode in (True, False):  # batch statistics and running statistics
+        residual.train(mode), model.train(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), residual(x), rtol=1e-8, atol=1e-8)
+
+
+def test_kind_options_change_what_they_say() -> None:
+    full = count_params(pnnh.create_model("resnet56", kind="residual"))
+    half = count_params(pnnh.create_model("resnet56", kind="pnnh", learner_ratio=0.5))
+    assert 0.45 < half / full < 0.55
+    staged = pnnh.create_model("resnet20", kind="pnnh", coder="learned", coder_share="stage")
+    per_block = pnnh.create_model("resnet20", kind="pnnh", coder="learned", coder_share="block")
+    assert staged.blocks[1].coder is staged.blocks[2].coder
+    assert per_block.blocks[1].coder is not per_block.blocks[2].coder
+    # resnet20 has 3, 2, 2 same-width blocks per stage: sharing saves 2, 1, 1 copies of E
+    assert count_params(per_block) - count_params(staged) == 2 * 16 * 16 + 32 * 32 + 64 * 64
+    assert "blocks.0.coder.weight" in staged.no_weight_decay()
+    narrow = pnnh.create_model("resnet20", kind="pnnh", code_ratio=0.5)
+    assert narrow.blocks[1].coder.code_channels == 8
+
+
+def test_timm_contract() -> None:
+    model = pnnh.create_model("resnet20", kind="pnnh", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 64, 8, 8)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 64)
+    logits, inter = model.forward_intermediates(x)
+    assert [n for n, _ in inter] == ["stem"] + [f"blocks.{i}" for i in range(9)]
+    torch.testing.assert_close(logits, model(x))
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3) and model.num_classes == 3 and model.get_classifier().out_features == 3
+
+
+def test_unknown_names_give_one_line_errors() -> None:
+    with pytest.raises(pnnh.PnnhError, match="unknown model 'resnet21'.*resnet20.*vgg19"):
+        pnnh.create_model("resnet21")
+    with pytest.raises(pnnh.PnnhError, match="unknown kind 'skip'.*residual, plain, pnnh"):
+        pnnh.create_model("resnet20", kind="skip")
+    with pytest.raises(pnnh.PnnhError, match="coder_share"):
+        pnnh.create_model("resnet20", kind="pnnh", coder_share="everywhere")
+    with pytest.raises(pnnh.PnnhError, match="bad option"):
+        pnnh.create_model("resnet20", widht=3)
+    assert pnnh.list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pnnh", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_models_json() -> None:
+    result = run_cli("models", "resnet5*", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["model"] for r in rows] == ["resnet50", "resnet56"]
+    assert rows[0]["params"]["residual"] == 25_557_032
+    assert abs(rows[0]["macs"]["residual"] / 4.09e9 - 1) < 0.01  # torchvision's 4.09 GMACs
+
+
+def test_cli_bad_pattern_is_one_line() -> None:
+    result = run_cli("models", "nosuchnet*")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: no model matches")
