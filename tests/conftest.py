@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PNNH_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 torch.set_num_threads(2)
+# Decoded image folders are cached once per checkout, outside the (read-only) shared data.
+os.environ.setdefault("PNNH_CACHE_DIR", str(ROOT / ".cache"))
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +23,27 @@ def data_dir() -> Path:
         pytest.fail(f"shared data not found at {DATA_DIR}/cifar10-jpeg: put the shared data sets there "
                     f"or point PNNH_DATA_DIR at the folder that holds cifar10-jpeg/", pytrace=False)
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg(data_dir: Path) -> Path:
+    return data_dir / "cifar10-jpeg"
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m pnnh ARGS` in a subprocess, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "pnnh", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, f"exit {result.returncode}; stderr: {result.stderr[-2000:]}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    assert len([line for line in lines if line.startswith("error")]) == 1
+    for fragment in fragments:
+        assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 1) -> None:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ import pnnh
 from pnnh.convert import PLAIN_MODULE_TYPES, block_to_plain
 from pnnh.models import Block, ProjectionCoder, TiedCoder
 from pnnh.profile import count_params
-from conftest import randomise_batchnorm
+from conftest import assert_one_line_error, randomise_batchnorm, run_cli
 
 ALL = [(name, kind) for name in pnnh.list_models() for kind in pnnh.KINDS]
 NOT_RESIDUAL = [(name, kind) for name, kind in ALL if kind != "residual"]
@@ -216,10 +214,6 @@ def test_unknown_names_give_one_line_errors() -> None:
     assert pnnh.list_models("vgg*") == ["vgg11", "vgg13", "vgg16", "vgg19"]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pnnh", *args], capture_output=True, text=True, timeout=300)
-
-
 def test_cli_models_json() -> None:
     result = run_cli("models", "resnet5*", "--json")
     assert result.returncode == 0, result.stderr
@@ -230,6 +224,4 @@ def test_cli_models_json() -> None:
 
 
 def test_cli_bad_pattern_is_one_line() -> None:
-    result = run_cli("models", "nosuchnet*")
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: no model matches")
+    assert_one_line_error(run_cli("models", "nosuchnet*"), "no model matches")

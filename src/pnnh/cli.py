@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import PnnhError
@@ -36,6 +37,184 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(f"{r['model']:<11} {r['family']:<13} {size:<11} {cells}")
 
 
+TRAIN_HELP = {
+    "model": "model name (see `pnnh models`)", "kind": "residual | plain | pnnh",
+    "model_kwargs": "model options as key=value, e.g. learner_ratio=0.5 coder=learned",
+    "data": "cifar10 | cifar100 | mnist | fashion-mnist | imagefolder",
+    "data_dir": "folder of the data set (fashion-mnist: found in /usr/share/datasets if installed)",
+    "download": "fetch the official CIFAR archive (MD5-checked) if it is not in --data-dir",
+    "cache_dir": "where decoded image folders are cached (default ~/.cache/pnnh, or $PNNH_CACHE_DIR)",
+    "batch_size": "images per process and step", "opt": "sgd (Nesterov) | adamw",
+    "sched": "cosine | step | onecycle | constant", "amp": "none | bf16 | fp16 (autocast)",
+    "output": "run folder (default runs/<model>-<kind>-seed<seed>)",
+    "stop_after_steps": "stop as if interrupted after N steps (checkpoint, exit 130): to test --resume",
+}
+
+
+def parse_kwargs(items: list[str]) -> dict:
+    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PnnhError(f"model option {item!r} is not key=value")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+    return out
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (timm's names), so the config dataclass is the single source of truth."""
+    from dataclasses import MISSING, fields
+
+    from .train import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = TRAIN_HELP.get(f.name, "") + (f" (default: {default})" if default not in (None, {}) else "")
+        if f.name == "model_kwargs":
+            p.add_argument(flag, nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
+            p.add_argument(flag, type=kind, default=default, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    values["model_kwargs"] = parse_kwargs(values["model_kwargs"])
+    return TrainConfig.from_dict(values)
+
+
+def load_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
+    """--config FILE.yaml: its keys (flag names, - or _) become defaults; flags on the line still win."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        import yaml
+    except ImportError:
+        raise PnnhError("--config needs PyYAML: pip install 'pnnh[yaml]'") from None
+    try:
+        with open(known.config) as f:
+            values = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise PnnhError(f"cannot read config {known.config}: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(values, dict):
+        raise PnnhError(f"config {known.config} must be a mapping of option: value")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    if isinstance(values.get("model_kwargs"), dict):
+        values["model_kwargs"] = [f"{k}={v}" for k, v in values["model_kwargs"].items()]
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    known_dests = {a.dest for a in train_parser._actions}
+    unknown = sorted(set(values) - known_dests)
+    if unknown:
+        raise PnnhError(f"config {known.config}: unknown option(s) {', '.join(unknown)}")
+    train_parser.set_defaults(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainingInterrupted, train
+
+    if args.nproc and args.nproc > 1:
+        return launch_torchrun(args.nproc)
+    cfg = config_from_args(args)
+    resume = None
+    if args.resume is not None:
+        resume = args.resume if args.resume != "auto" else str(cfg.run_dir / "last.pt")
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    try:
+        summary = train(cfg, resume)
+    except TrainingInterrupted as e:
+        if is_main:
+            print(str(e), file=sys.stderr)
+        raise SystemExit(130)
+    summary.pop("model")
+    if not is_main:
+        return
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif summary["final"]:
+        final = summary["final"]
+        print(f"done: test acc {100 * final['test_acc']:.2f}% (best {100 * summary['best_acc']:.2f}%), "
+              f"run folder {summary['run_dir']}", file=sys.stderr)
+
+
+def launch_torchrun(nproc: int) -> None:
+    """`pnnh train --nproc N ...` = `torchrun --standalone --nproc_per_node=N -m pnnh train ...`."""
+    import subprocess
+
+    argv = sys.argv[1:]
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pnnh", *rest]
+    raise SystemExit(subprocess.call(cmd))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint, load_model_state
+    from .data.loader import channel_stats
+    from .distributed import DistInfo
+    from .models import create_model
+    from .train import TrainConfig, evaluate, load_splits, make_loaders, resolve_device
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    saved = checkpoint.get("config", {})
+    if saved and (saved["model"], saved["kind"]) != (args.model, args.kind):
+        raise PnnhError(f"checkpoint {args.checkpoint} holds {saved['model']} ({saved['kind']}), not "
+                        f"{args.model} ({args.kind}): pass --model {saved['model']} --kind {saved['kind']}")
+    model_kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else saved.get("model_kwargs", {})
+    cfg = TrainConfig(model=args.model, kind=args.kind, model_kwargs=model_kwargs, data=args.data,
+                      data_dir=args.data_dir, cache_dir=args.cache_dir, test_subset=args.test_subset,
+                      batch_size=args.batch_size, device=args.device, workers=args.workers,
+                      image_size=args.image_size)
+    device = resolve_device(cfg.device)
+    stats = checkpoint.get("data_stats")
+    needed = ("test",) if stats or saved.get("data") == "imagefolder" else ("train", "test")
+    splits = load_splits(cfg, needed)
+    if stats is None and "train" in splits and hasattr(splits["train"], "images"):
+        stats = channel_stats(splits.pop("train").images)
+    test_set = splits["test"]
+    loader = make_loaders(cfg, {"test": test_set}, device, DistInfo(), stats)["test"]
+    classes = checkpoint.get("classes") or test_set.classes
+    model = create_model(cfg.model, kind=cfg.kind, num_classes=len(classes), in_chans=test_set.input_size[0],
+                         **model_kwargs)
+    load_model_state(model, checkpoint["model"], args.checkpoint)
+    model.to(device)
+    result = evaluate(model, loader, device, args.amp)
+    result.update(model=args.model, kind=args.kind, checkpoint=str(args.checkpoint), data=args.data)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.model} ({args.kind}) on {args.data}: top-1 {100 * result['top1']:.2f}%  "
+              f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
+              f"{result['img_per_s']:,.0f} img/s  ({result['images']} images)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pnnh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,12 +223,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model; torchrun --nproc_per_node=N -m pnnh train ... for N processes")
+    p.add_argument("--config", help="YAML file of options (flag names as keys); flags given here win")
+    add_train_arguments(p)
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue an interrupted run (default: <output>/last.pt)")
+    p.add_argument("--nproc", type=int, default=None, help="launch N data-parallel processes (via torchrun)")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss, images/s")
+    p.add_argument("--model", required=True)
+    p.add_argument("--kind", default="residual")
+    p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="model options (default: those saved in the checkpoint)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--test-subset", type=int)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
+        load_yaml_defaults(parser, argv)
+        args = parser.parse_args(argv)
         args.func(args)
     except PnnhError as e:
         print(f"error: {e}", file=sys.stderr)

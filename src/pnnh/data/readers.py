@@ -1,0 +1,244 @@
+"""Readers of the formats users have on disk. Each returns uint8 images (N, H, W, C) and int64 labels.
+
+Every failure a user can cause (missing folder, truncated file, stray file) is
+a PnnhError naming the file and the fix.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import PnnhError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+
+
+# ---- CIFAR (python pickle release) ----------------------------------------------------------
+
+CIFAR = {
+    "cifar10": {"folder": "cifar-10-batches-py", "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "md5": "c58f30108f718f92721af3b95e74349a", "train": [f"data_batch_{i}" for i in range(1, 6)],
+                "test": ["test_batch"], "labels": b"labels", "meta": "batches.meta", "names": b"label_names"},
+    "cifar100": {"folder": "cifar-100-python", "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "md5": "eb9058c3a382ffc7106e4002c42a8d85", "train": ["train"], "test": ["test"],
+                 "labels": b"fine_labels", "meta": "meta", "names": b"fine_label_names"},
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow the numpy array machinery and nothing else, so a hostile file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise PnnhError(f"{path} is missing: point --data-dir at the folder that holds it, or pass --download") from None
+    except Exception as e:  # truncated, corrupt or hostile
+        raise PnnhError(f"{path} is truncated or not a CIFAR batch ({type(e).__name__}); "
+                        f"delete it and fetch the data set again (--download)") from None
+
+
+def cifar_root(name: str, data_dir: Path) -> Path:
+    folder = CIFAR[name]["folder"]
+    return data_dir if (data_dir / CIFAR[name]["meta"]).exists() or data_dir.name == folder else data_dir / folder
+
+
+def read_cifar(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    spec = CIFAR[name]
+    root = cifar_root(name, data_dir)
+    if not root.is_dir():
+        raise PnnhError(f"no {spec['folder']} folder under {data_dir}: pass --download, or --data-dir pointing at it")
+    images, labels = [], []
+    for file in spec[split]:
+        batch = _load_pickle(root / file)
+        try:
+            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            images.append(data.transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[spec["labels"]], dtype=np.int64))
+        except (KeyError, ValueError) as e:
+            raise PnnhError(f"{root / file} is not a {name} batch ({e}); fetch the data set again (--download)") from None
+    meta = _load_pickle(root / spec["meta"])
+    classes = [c.decode() for c in meta[spec["names"]]]
+    return np.concatenate(images), np.concatenate(labels), classes
+
+
+def download_and_extract(url: str, md5: str, dest: Path) -> None:
+    """Fetch ``url`` (http(s) or file://), check its MD5, unpack the tarball into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest, suffix=".part", delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, tmp)
+        except OSError as e:
+            os.unlink(tmp.name)
+            raise PnnhError(f"cannot download {url}: {e}; download it by hand and pass --data-dir") from None
+    digest = hashlib.md5(Path(tmp.name).read_bytes()).hexdigest()
+    if digest != md5:
+        os.unlink(tmp.name)
+        raise PnnhError(f"{url} has MD5 {digest}, expected {md5}: the download is corrupt, try again")
+    with tarfile.open(tmp.name) as tar:
+        tar.extractall(dest, filter="data")
+    os.unlink(tmp.name)
+
+
+# ---- MNIST family (IDX files) ------------------------------------------------------------------
+
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+MNIST_CLASSES = {"mnist": [str(i) for i in range(10)],
+                 "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                   "Sneaker", "Bag", "Ankle boot"]}
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise PnnhError(f"{path} is truncated or not gzip ({e}); fetch the file again") from None
+    if len(raw) < 4 + 4 * expected_dims or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != expected_dims:
+        raise PnnhError(f"{path} is not an IDX file of {expected_dims} dimension(s) of uint8; fetch it again")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(expected_dims))
+    body = raw[4 + 4 * expected_dims:]
+    if len(body) != int(np.prod(shape)):
+        raise PnnhError(f"{path} is truncated: header says {shape}, body has {len(body)} bytes; fetch it again")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape).copy()
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.exists():
+            return candidate
+    raise PnnhError(f"{folder} has no {stem} or {stem}.gz: point --data-dir at the folder with the IDX files"
+                    + (" (Debian: apt-get install dataset-fashion-mnist)" if "fashion" in str(folder).lower() else ""))
+
+
+def read_mnist(name: str, data_dir: Path | None, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if data_dir is None:
+        if name != "fashion-mnist" or not FASHION_MNIST_DEBIAN.is_dir():
+            raise PnnhError(f"--data-dir is needed for {name}"
+                            + (" (or: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""))
+        data_dir = FASHION_MNIST_DEBIAN
+    if not data_dir.is_dir():
+        raise PnnhError(f"data folder {data_dir} does not exist")
+    image_file, label_file = IDX_FILES[split]
+    images = _read_idx(_find(data_dir, image_file), 3)
+    labels = _read_idx(_find(data_dir, label_file), 1).astype(np.int64)
+    if len(images) != len(labels):
+        raise PnnhError(f"{data_dir}: {len(images)} images but {len(labels)} labels in the {split} split")
+    return images[..., None], labels, MNIST_CLASSES[name]
+
+
+# ---- ImageFolder -------------------------------------------------------------------------------
+
+def folder_split(data_dir: Path, split: str) -> Path:
+    names = ["train"] if split == "train" else ["val", "test"]
+    for name in names:
+        if (data_dir / name).is_dir():
+            return data_dir / name
+    raise PnnhError(f"{data_dir} has no {' or '.join(n + '/' for n in names)} folder: an image folder holds "
+                    f"train/<class>/*.jpg and val/<class>/*.jpg (or test/)")
+
+
+def list_image_folder(root: Path, classes: list[str] | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Files and labels of ``root/<class>/*``; ``classes`` fixes the class order (the train split's)."""
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        raise PnnhError(f"{root} has no class folders: put each class's images in {root}/<class>/")
+    classes = classes or found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise PnnhError(f"{root} has classes not in the training split: {', '.join(unknown)}")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith("."):
+                continue
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise PnnhError(f"{f} is not an image file ({', '.join(IMAGE_EXTENSIONS)}): move it out of the data folder")
+            files.append(f)
+            labels.append(label)
+    if not files:
+        raise PnnhError(f"{root} holds no images")
+    return files, np.asarray(labels, dtype=np.int64), classes
+
+
+def decode_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3); resized to ``size`` (W, H) when given."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None and img.size != size:
+                img = img.resize(size, Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise PnnhError(f"cannot decode {path} ({e}): remove or replace the file") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise PnnhError(f"cannot decode {path} ({e}): remove or replace the file") from None
+
+
+def _decode_chunk(args: tuple[list[str], tuple[int, int]]) -> bytes:
+    paths, size = args
+    return b"".join(decode_image(Path(p), size).tobytes() for p in paths)
+
+
+def decode_all(files: list[Path], size: tuple[int, int], workers: int = 2) -> np.ndarray:
+    """Decode every file into one (N, H, W, 3) array, in worker processes."""
+    import multiprocessing as mp
+
+    chunks = [([str(p) for p in files[i:i + 2000]], size) for i in range(0, len(files), 2000)]
+    if workers > 1 and len(chunks) > 1:
+        with mp.get_context("fork").Pool(workers) as pool:  # workers only run Pillow and numpy
+            parts = pool.map(_decode_chunk, chunks)
+    else:
+        parts = [_decode_chunk(c) for c in chunks]
+    w, h = size
+    return np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(files), h, w, 3)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
