@@ -42,11 +42,11 @@ TRAIN_HELP = {
     "model_kwargs": "model options as key=value, e.g. learner_ratio=0.5 coder=learned",
     "data": "cifar10 | cifar100 | mnist | fashion-mnist | imagefolder",
     "data_dir": "folder of the data set (fashion-mnist: found in /usr/share/datasets if installed)",
-    "download": "fetch the official CIFAR archive (MD5-checked) if it is not in --data-dir",
+    "download": "fetch the official CIFAR/MNIST/Fashion-MNIST files (MD5-checked) if they are not on disk",
     "cache_dir": "where decoded image folders are cached (default ~/.cache/pnnh, or $PNNH_CACHE_DIR)",
     "batch_size": "images per process and step", "opt": "sgd (Nesterov) | adamw",
     "sched": "cosine | step | onecycle | constant", "amp": "none | bf16 | fp16 (autocast)",
-    "output": "run folder (default runs/<model>-<kind>-seed<seed>)",
+    "output": "run folder (default runs/<model>-<kind>-seed<seed>; compare: reports/<model>-<data>)",
     "stop_after_steps": "stop as if interrupted after N steps (checkpoint, exit 130): to test --resume",
 }
 
@@ -215,6 +215,59 @@ def cmd_eval(args: argparse.Namespace) -> None:
               f"{result['img_per_s']:,.0f} img/s  ({result['images']} images)")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench, format_bench, parse_entries
+
+    if args.repeats < 1 or args.steps < 1 or args.batch_size < 1:
+        raise PnnhError("--repeats, --steps and --batch-size must be at least 1")
+    result = bench(parse_entries(args.models), args.device, args.batch_size, args.input_size, args.in_chans,
+                   args.num_classes, args.repeats, args.steps, args.warmup, args.channels_last, args.amp)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+
+
+def compare_entries(args: argparse.Namespace) -> list:
+    from .bench import Entry, parse_entries
+    from .models.registry import check_kind
+
+    if args.entries:
+        return parse_entries(args.entries)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for k in kinds:
+        check_kind(k)
+    pnnh_kwargs = parse_kwargs(args.pnnh_kwargs)
+    if args.pnnh_learner_ratio is not None:
+        pnnh_kwargs["learner_ratio"] = args.pnnh_learner_ratio
+    base_kwargs = parse_kwargs(args.model_kwargs)
+    return [Entry(args.model, k, {**base_kwargs, **(pnnh_kwargs if k == "pnnh" else {})}) for k in kinds]
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    import shlex
+    from pathlib import Path
+
+    from .compare import compare
+    from .train import TrainingInterrupted
+
+    entries = compare_entries(args)
+    if "," in args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    else:
+        seeds = list(range(args.seed, args.seed + int(args.seeds)))
+    if not seeds:
+        raise PnnhError("--seeds needs a count (3) or a list (0,1,2)")
+    cfg = config_from_args(args)
+    out = Path(args.output or f"reports/{entries[0].model}-{cfg.data}")
+    command = "pnnh " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
+    try:
+        results = compare(entries, cfg, seeds, out, command)
+    except TrainingInterrupted:
+        print(f"interrupted: run the same command again to continue ({out})", file=sys.stderr)
+        raise SystemExit(130)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    print(f"report: {out / 'report.md'}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pnnh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +303,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="training and inference throughput side by side, interleaved")
+    p.add_argument("--models", default="resnet56:residual,resnet56:plain,resnet56:pnnh",
+                   help="entries model:kind[:key=value,...], comma-separated; ratios are to the first")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--input-size", type=int, default=None, help="image side (default: the model's)")
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds; the median is reported")
+    p.add_argument("--steps", type=int, default=3, help="steps timed per entry and round")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"])
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="train the kinds side by side over seeds and write a report")
+    p.add_argument("--config", help="YAML file of training options")
+    add_train_arguments(p)
+    p.add_argument("--kinds", default="residual,plain,pnnh")
+    p.add_argument("--seeds", default="3", help="a count (from --seed) or a list, e.g. 0,1,2")
+    p.add_argument("--entries", help="instead of --model/--kinds: model:kind[:key=value,...], comma-separated")
+    p.add_argument("--pnnh-learner-ratio", type=float, help="learner_ratio for the pnnh entries")
+    p.add_argument("--pnnh-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="options of the pnnh entries")
+    p.add_argument("--json", action="store_true", help="print results.json on stdout")
+    p.set_defaults(func=cmd_compare, argv=None)
     return parser
 
 

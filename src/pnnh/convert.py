@@ -109,7 +109,8 @@ def _block_layers(block: Block) -> list[nn.Module]:
             if i == last:  # decode D (p - m) + d
                 w[:out_ch, plus, c[0], c[1]] = decode
                 w[:out_ch, minus, c[0], c[1]] = -decode
-                b[:out_ch] += decode_bias
+                if decode_bias is not None:
+                    b[:out_ch] += decode_bias
             weight, bias = w, b
         act = layer.act if i < last else block.act
         layers += [_conv(layer.conv, weight, bias), copy.deepcopy(act)]

@@ -194,8 +194,7 @@ def load_splits(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "test")) -
     """The requested splits of cfg's data set, with cfg's seeded subsets applied."""
     out = {}
     for split in splits:
-        data = load_dataset(cfg.data, cfg.data_dir, split, cfg.download and split == "train", cfg.cache_dir,
-                            cfg.image_size)
+        data = load_dataset(cfg.data, cfg.data_dir, split, cfg.download, cfg.cache_dir, cfg.image_size)
         n = cfg.train_subset if split == "train" else cfg.test_subset
         if hasattr(data, "subset"):
             data = data.subset(n, cfg.seed if split == "train" else 0)

@@ -67,7 +67,8 @@ def load_dataset(name: str, data_dir: str | Path | None, split: str, download: b
             readers.download_and_extract(spec["url"], spec["md5"], path)
         images, labels, classes = readers.read_cifar(name, path, split)
     elif name in readers.MNIST_CLASSES:
-        images, labels, classes = readers.read_mnist(name, path, split)
+        download_to = default_cache_dir() / "datasets" / name if download else None
+        images, labels, classes = readers.read_mnist(name, path, split, download_to)
     else:
         if path is None:
             raise PnnhError("--data-dir is needed for an image folder (train/<class>/*.jpg, val/<class>/*.jpg)")

@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -83,10 +84,10 @@ def read_cifar(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.nd
     return np.concatenate(images), np.concatenate(labels), classes
 
 
-def download_and_extract(url: str, md5: str, dest: Path) -> None:
-    """Fetch ``url`` (http(s) or file://), check its MD5, unpack the tarball into ``dest``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest, suffix=".part", delete=False) as tmp:
+def download(url: str, md5: str, path: Path) -> None:
+    """Fetch ``url`` (http(s) or file://) to ``path`` if its MD5 matches; nothing is left behind otherwise."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as tmp:
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, tmp)
@@ -97,9 +98,16 @@ def download_and_extract(url: str, md5: str, dest: Path) -> None:
     if digest != md5:
         os.unlink(tmp.name)
         raise PnnhError(f"{url} has MD5 {digest}, expected {md5}: the download is corrupt, try again")
-    with tarfile.open(tmp.name) as tar:
+    os.replace(tmp.name, path)
+
+
+def download_and_extract(url: str, md5: str, dest: Path) -> None:
+    """Fetch a tarball, check its MD5, unpack it into ``dest``."""
+    archive = dest / Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name
+    download(url, md5, archive)
+    with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
-    os.unlink(tmp.name)
+    archive.unlink()
 
 
 # ---- MNIST family (IDX files) ------------------------------------------------------------------
@@ -110,6 +118,26 @@ MNIST_CLASSES = {"mnist": [str(i) for i in range(10)],
                  "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                                    "Sneaker", "Bag", "Ankle boot"]}
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+IDX_DOWNLOADS = {  # the official files and their MD5s
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83fd310"}),
+}
+
+
+def download_idx(name: str, dest: Path) -> None:
+    base, files = IDX_DOWNLOADS[name]
+    for file, md5 in files.items():
+        if not (dest / file).exists():
+            print(f"downloading {base}{file}", file=sys.stderr)
+            download(base + file, md5, dest / file)
 
 
 def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
@@ -134,12 +162,18 @@ def _find(folder: Path, stem: str) -> Path:
                     + (" (Debian: apt-get install dataset-fashion-mnist)" if "fashion" in str(folder).lower() else ""))
 
 
-def read_mnist(name: str, data_dir: Path | None, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_mnist(name: str, data_dir: Path | None, split: str, download_to: Path | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """IDX files from ``data_dir``; else Debian's Fashion-MNIST; else, with ``download_to``, the official files."""
     if data_dir is None:
-        if name != "fashion-mnist" or not FASHION_MNIST_DEBIAN.is_dir():
-            raise PnnhError(f"--data-dir is needed for {name}"
-                            + (" (or: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""))
-        data_dir = FASHION_MNIST_DEBIAN
+        if name == "fashion-mnist" and FASHION_MNIST_DEBIAN.is_dir():
+            data_dir = FASHION_MNIST_DEBIAN
+        elif download_to is not None:
+            download_idx(name, download_to)
+            data_dir = download_to
+        else:
+            raise PnnhError(f"--data-dir is needed for {name} (or --download"
+                            + ("; or apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ")"))
     if not data_dir.is_dir():
         raise PnnhError(f"data folder {data_dir} does not exist")
     image_file, label_file = IDX_FILES[split]

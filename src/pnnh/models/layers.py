@@ -10,7 +10,9 @@ activation. The three kinds differ only in what is added to F(x) before it:
 In a PNNH block the pair [act(u), act(-u)] is made of extra output channels of
 F's first conv and carried through F's later layers (see ``pnnh.convert``), so
 no tensor skips a layer; act(u) - act(-u) = u for ReLU, GELU and SiLU, so the
-code survives the non-linearity whatever its sign.
+code survives the non-linearity whatever its sign. For training, the same
+function is computed more cheaply as one 1x1 conv with the composed matrix
+decode @ E (the tests check it against the literal plain chain).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ..errors import PnnhError
 from .registry import KINDS
 
 LayerFn = Callable[..., nn.Module]
+MIRROR_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU)  # act(u) - act(-u) = u exactly
 
 
 class ConvNormAct(nn.Module):
@@ -66,17 +69,22 @@ class TiedCoder(nn.Module):
     def code_channels(self) -> int:
         return self.weight.shape[0]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight[:, :, None, None], stride=self.stride)
+    def path(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(act(u) - act(-u)) with u = E x, computed as one 1x1 conv with the composed matrix.
 
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(code, self.weight.t()[:, :, None, None])
+        act(u) - act(-u) = u exactly for ReLU, GELU and SiLU, and decode is linear, so the
+        path is (D E) x; ``to_plain`` writes out the literal [act(u), act(-u)] channels instead.
+        """
+        decode, bias = self.decode_affine()
+        out = F.conv2d(x, (decode @ self.weight)[:, :, None, None], stride=self.stride)
+        return out if bias is None else out + bias[None, :, None, None]
 
     def encode_matrix(self) -> torch.Tensor:
         return self.weight
 
-    def decode_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.weight.t(), torch.zeros_like(self.weight[0])
+    def decode_affine(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder as (D, d): decode(v) = D v + d."""
+        return self.weight.t(), None
 
 
 class ProjectionCoder(TiedCoder):
@@ -93,8 +101,10 @@ class ProjectionCoder(TiedCoder):
         self.conv = nn.Conv2d(code_channels, out_ch, 1, bias=False)
         self.bn = norm_layer(out_ch)
 
-    def decode(self, code: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(code))
+    def path(self, x: torch.Tensor) -> torch.Tensor:
+        # BN(D E x) with batch statistics in training, so BN stays outside the composed matrix
+        return self.bn(F.conv2d(x, (self.conv.weight[:, :, 0, 0] @ self.weight)[:, :, None, None],
+                                stride=self.stride))
 
     def decode_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale, shift = bn_affine(self.bn)
@@ -180,17 +190,19 @@ class Block(nn.Module):
                 self.shortcut = nn.Identity()
             else:
                 self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), norm_layer(out_ch))
-        elif kind == "pnnh":
-            self.coder = (coders or CoderBank(norm_layer=norm_layer))(in_ch, out_ch, stride)
         self.act = act_layer()
+        if kind == "pnnh":
+            if not isinstance(self.act, MIRROR_ACTIVATIONS):
+                raise PnnhError(f"a pnnh block needs an activation with act(u) - act(-u) = u "
+                                f"(ReLU, GELU, SiLU), got {type(self.act).__name__}")
+            self.coder = (coders or CoderBank(norm_layer=norm_layer))(in_ch, out_ch, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.learner(x)
         if self.shortcut is not None:
             out = out + self.shortcut(x)
         if self.coder is not None:
-            u = self.coder.encode(x)
-            out = out + self.coder.decode(self.act(u) - self.act(-u))
+            out = out + self.coder.path(x)
         return self.act(out)
 
 

@@ -1,0 +1,189 @@
+"""Throughput side by side: every entry measured interleaved (A B C A B C ...) in one process."""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import PnnhError
+from .models import create_model
+from .models.registry import check_kind
+from .profile import count_macs, count_params
+
+
+@dataclass
+class Entry:
+    """One model to compare: ``model:kind[:key=value,key=value]``, e.g. ``resnet56:pnnh:learner_ratio=0.5``."""
+    model: str
+    kind: str
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def variant(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items())) or "default"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}:{self.kind}" + (f":{self.variant}" if self.kwargs else "")
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(":", "-").replace(",", "-").replace("=", "")
+
+    @classmethod
+    def parse(cls, text: str) -> "Entry":
+        from .cli import parse_kwargs
+
+        parts = text.strip().split(":")
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...], e.g. resnet56:pnnh")
+        check_kind(parts[1])
+        kwargs = parse_kwargs([kv for kv in ":".join(parts[2:]).split(",") if kv]) if len(parts) > 2 else {}
+        return cls(parts[0], parts[1], kwargs)
+
+
+def parse_entries(text: str) -> list[Entry]:
+    """``"resnet56:residual,resnet56:pnnh:learner_ratio=0.5,code_ratio=0.5"``: commas separate entries,
+    and key=value pieces without a colon belong to the entry before them."""
+    pieces, current = [], None
+    for token in text.split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if "=" in token and ":" not in token and current is not None:
+            current += "," + token
+        else:
+            if current is not None:
+                pieces.append(current)
+            current = token
+    if current is not None:
+        pieces.append(current)
+    entries = [Entry.parse(p) for p in pieces]
+    if not entries:
+        raise PnnhError("no entries given: --models resnet56:residual,resnet56:pnnh")
+    return entries
+
+
+def _training_memory_mb(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Bytes held at the peak of a CPU training step: parameters, gradients, optimiser state and the
+    activations autograd saves for backward (counted with saved-tensor hooks; temporaries not included)."""
+    saved = {"bytes": 0, "seen": set()}
+
+    def pack(t: torch.Tensor):
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in saved["seen"]:
+            saved["seen"].add(key)
+            saved["bytes"] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=False)
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                if isinstance(t, torch.Tensor))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return (saved["bytes"] + state + 2 * params) / 2**20
+
+
+def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input_size: int | None = None,
+          in_chans: int = 3, num_classes: int = 10, repeats: int = 5, steps: int = 3, warmup: int = 2,
+          channels_last: bool = False, amp: str = "none") -> dict:
+    """Train and inference images/s of each entry, interleaved; median and spread over ``repeats``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PnnhError("--device cuda given but no CUDA device is available")
+    built = []
+    for e in entries:
+        torch.manual_seed(0)
+        model = create_model(e.model, kind=e.kind, num_classes=num_classes, in_chans=in_chans, **e.kwargs).to(dev)
+        size = input_size or model.default_cfg["input_size"][1]
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        x = torch.randn(batch_size, in_chans, size, size, device=dev)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, num_classes, (batch_size,), device=dev)
+        built.append({"entry": e, "model": model, "opt": opt, "x": x, "y": y, "size": size,
+                      "train": [], "infer": []})
+    cast = torch.autocast(dev.type, dtype=torch.bfloat16) if amp == "bf16" else torch.autocast(dev.type, enabled=False)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_time(b) -> float:
+        b["model"].train()
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            with cast:
+                loss = F.cross_entropy(b["model"](b["x"]), b["y"])
+            b["opt"].zero_grad(set_to_none=True)
+            loss.backward()
+            b["opt"].step()
+        sync()
+        return (time.perf_counter() - start) / steps
+
+    @torch.no_grad()
+    def infer_time(b) -> float:
+        b["model"].eval()
+        sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            with cast:
+                b["model"](b["x"])
+        sync()
+        return (time.perf_counter() - start) / steps
+
+    for b in built:  # warm-up, also the first touch of every buffer
+        for _ in range(warmup):
+            train_time(b), infer_time(b)
+    for r in range(repeats):
+        for b in built:
+            b["train"].append(batch_size / train_time(b))
+            b["infer"].append(batch_size / infer_time(b))
+        print(f"\rbench: repeat {r + 1}/{repeats}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+
+    rows = []
+    for b in built:
+        e, model = b["entry"], b["model"]
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+            train_time(b)
+            peak = torch.cuda.max_memory_allocated(dev) / 2**20
+        else:
+            peak = _training_memory_mb(model.train(), b["opt"], b["x"], b["y"])
+        rows.append({"model": e.model, "kind": e.kind, "variant": e.variant, "params": count_params(model),
+                     "macs": count_macs(model, (in_chans, b["size"], b["size"])),
+                     "train_img_s": statistics.median(b["train"]), "infer_img_s": statistics.median(b["infer"]),
+                     "train_img_s_range": [min(b["train"]), max(b["train"])],
+                     "infer_img_s_range": [min(b["infer"]), max(b["infer"])], "peak_mem_mb": peak})
+    for row in rows:
+        row["ratio_train"] = row["train_img_s"] / rows[0]["train_img_s"]
+        row["ratio_infer"] = row["infer_img_s"] / rows[0]["infer_img_s"]
+    return {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "batch_size": batch_size, "input_size": built[0]["size"], "repeats": repeats,
+            "steps_per_repeat": steps, "peak_mem_kind": "cuda max_memory_allocated" if dev.type == "cuda" else
+            "params + grads + optimiser state + saved activations", "entries": rows}
+
+
+def format_bench(result: dict) -> str:
+    lines = [f"device {result['device']}, torch {result['torch']}, batch {result['batch_size']}, input "
+             f"{result['input_size']}px, median of {result['repeats']} interleaved repeats",
+             f"{'entry':<34} {'params':>9} {'GMACs':>7} {'train img/s':>12} {'ratio':>6} {'infer img/s':>12} "
+             f"{'ratio':>6} {'mem MB':>8}"]
+    for r in result["entries"]:
+        label = f"{r['model']}:{r['kind']}" + (f":{r['variant']}" if r["variant"] != "default" else "")
+        lines.append(f"{label:<34} {r['params'] / 1e6:>8.3f}M {r['macs'] / 1e9:>7.3f} {r['train_img_s']:>12.1f} "
+                     f"{r['ratio_train']:>6.2f} {r['infer_img_s']:>12.1f} {r['ratio_infer']:>6.2f} "
+                     f"{r['peak_mem_mb']:>8.1f}")
+    return "\n".join(lines)

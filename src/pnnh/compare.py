@@ -1,0 +1,192 @@
+"""``pnnh compare``: train every entry with the same data, order, budget and seeds, then report side by side.
+
+Each (entry, seed) is an ordinary ``pnnh train`` run in ``<out>/runs/<entry>-seed<s>``; a compare
+started again skips finished runs and resumes unfinished ones from their last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .bench import Entry
+from .profile import count_params
+from .train import TrainConfig, train
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_dir(out: Path, entry: Entry, seed: int) -> Path:
+    return out / "runs" / f"{entry.slug}-seed{seed}"
+
+
+def _finished_history(path: Path, epochs: int) -> list[dict] | None:
+    metrics = path / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return rows if len(rows) >= epochs else None
+
+
+def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str) -> dict:
+    """Train each entry for each seed (resuming where possible) and write the report folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    plan = [(e, s) for e in entries for s in seeds]
+    runs: dict[tuple[str, int], dict] = {}
+    started = time.time()
+    for i, (entry, seed) in enumerate(plan):
+        path = run_dir(out, entry, seed)
+        cfg = replace(base, model=entry.model, kind=entry.kind, model_kwargs=dict(entry.kwargs), seed=seed,
+                      output=str(path))
+        history = _finished_history(path, cfg.epochs)
+        status = "done, skipped" if history else ("resuming" if (path / "last.pt").exists() else "training")
+        print(f"[{i + 1}/{len(plan)}] {entry.label} seed {seed}: {status}", file=sys.stderr, flush=True)
+        if history is None:
+            resume = path / "last.pt" if (path / "last.pt").exists() else None
+            history = train(cfg, resume)["history"]
+        params = count_params(_build(entry, cfg, path))
+        runs[(entry.label, seed)] = {"history": history, "params": params}
+    results = summarise(entries, seeds, runs, base, command)
+    results["wall_seconds_this_call"] = time.time() - started
+    write_report(out, results, runs)
+    return results
+
+
+def _build(entry: Entry, cfg: TrainConfig, path: Path) -> torch.nn.Module:
+    """The run's model on the meta device (for its parameter count), shaped as the checkpoint says."""
+    from .models import create_model
+
+    state = torch.load(path / "last.pt", map_location="cpu", weights_only=True)["model"]
+    with torch.device("meta"):
+        return create_model(entry.model, kind=entry.kind, num_classes=state["fc.weight"].shape[0],
+                            in_chans=state["stem.0.conv.weight"].shape[1], **entry.kwargs)
+
+
+def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainConfig, command: str) -> dict:
+    rows = []
+    for e in entries:
+        hs = [runs[(e.label, s)]["history"] for s in seeds]
+        final = [h[-1]["test_acc"] for h in hs]
+        best = [max(r["test_acc"] for r in h) for h in hs]
+        train_acc = [h[-1]["train_acc"] for h in hs]
+        img_s = [statistics.fmean(r["img_per_s"] for r in h) for h in hs]
+        seconds = [sum(r["seconds"] for r in h) for h in hs]
+        acc_mean, acc_std = _mean_std(final)
+        rows.append({"model": e.model, "kind": e.kind, "variant": e.variant, "label": e.label,
+                     "params": runs[(e.label, seeds[0])]["params"], "seeds": seeds,
+                     "test_acc": final, "test_acc_mean": acc_mean, "test_acc_std": acc_std,
+                     "best_acc_mean": statistics.fmean(best), "best_acc_std": _mean_std(best)[1],
+                     "train_acc_mean": statistics.fmean(train_acc),
+                     "train_img_s": statistics.fmean(img_s), "train_img_s_std": _mean_std(img_s)[1],
+                     "train_seconds": statistics.fmean(seconds)})
+    reference = next((r for r in rows if r["kind"] == "residual" and r["variant"] == "default"), rows[0])
+    for r in rows:
+        r["ratio_train_img_s"] = r["train_img_s"] / reference["train_img_s"]
+        r["ratio_params"] = r["params"] / reference["params"]
+        r["delta_acc_vs_reference"] = r["test_acc_mean"] - reference["test_acc_mean"]
+    budget = {k: getattr(base, k) for k in ("epochs", "batch_size", "lr", "opt", "sched", "weight_decay",
+                                            "warmup_epochs", "train_subset", "test_subset", "label_smoothing")}
+    return {"command": command, "data": _data_name(base), "budget": budget, "reference": reference["label"],
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "device": base.device if base.device != "auto" else
+                        ("cuda" if torch.cuda.is_available() else "cpu"),
+                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+            "versions": _versions(), "entries": rows}
+
+
+def _data_name(cfg: TrainConfig) -> str:
+    if cfg.data == "imagefolder" and cfg.data_dir and "cifar10-jpeg" in str(cfg.data_dir):
+        return f"CIFAR-10 (JPEG q75 copy) at {cfg.data_dir}"
+    return {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"
+            }.get(cfg.data, f"{cfg.data} at {cfg.data_dir}")
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("pnnh", "torch", "numpy", "matplotlib", "pillow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def write_report(out: Path, results: dict, runs: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plots = write_plots(out, results, runs)
+    b = results["budget"]
+    lines = [f"# pnnh compare: {', '.join(r['label'] for r in results['entries'])}", "",
+             f"Data: {results['data']}. Budget: {b['epochs']} epochs, batch {b['batch_size']}, {b['opt']} lr "
+             f"{b['lr']}, {b['sched']} schedule, weight decay {b['weight_decay']}, training subset "
+             f"{b['train_subset'] or 'all'}, test subset {b['test_subset'] or 'all'}. "
+             f"Seeds: {', '.join(map(str, results['entries'][0]['seeds']))}.", "",
+             "| entry | params | final test acc (mean ± std) | best test acc | train acc | train img/s | "
+             "img/s ratio | wall s/run |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["entries"]:
+        lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | {100 * r['test_acc_mean']:.2f} ± "
+                     f"{100 * r['test_acc_std']:.2f}% | {100 * r['best_acc_mean']:.2f}% | "
+                     f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | "
+                     f"{r['ratio_train_img_s']:.2f} | {r['train_seconds']:.0f} |")
+    lines += ["", f"Ratios are to {results['reference']}. Per-seed final test accuracies:", ""]
+    lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" for a in r["test_acc"]) for r in results["entries"]]
+    m = results["machine"]
+    lines += ["", "## Command", "", "```", results["command"], "```", "", "## Machine", "",
+              f"{m['platform']}, Python {m['python']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
+              f"device {m['device']}" + (f" ({m['gpu']})" if m["gpu"] else "") + ".", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + "."]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    else:
+        lines += ["", "(No plots: matplotlib is not installed; pip install 'pnnh[plot]'.)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    entries, seeds = results["entries"], results["entries"][0]["seeds"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in entries:
+        hs = [runs[(r["label"], s)]["history"] for s in seeds]
+        epochs = [row["epoch"] for row in hs[0]]
+        for ax, key in zip(axes, ("test_acc", "train_loss")):
+            values = [statistics.fmean(h[i][key] for h in hs) for i in range(len(epochs))]
+            ax.plot(epochs, values, marker="o", label=r["label"])
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (mean over seeds)")
+    axes[1].set(xlabel="epoch", ylabel="training loss (mean over seeds)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in entries:
+        axes[0].errorbar(r["params"] / 1e6, 100 * r["test_acc_mean"], yerr=100 * r["test_acc_std"], fmt="o",
+                         capsize=3, label=r["label"])
+    axes[0].set(xlabel="parameters (M)", ylabel="final test accuracy (%)")
+    axes[0].legend(fontsize=8)
+    labels = [r["label"] for r in entries]
+    axes[1].bar(range(len(entries)), [r["train_img_s"] for r in entries],
+                yerr=[r["train_img_s_std"] for r in entries], capsize=3)
+    axes[1].set_xticks(range(len(entries)), labels, rotation=20, ha="right", fontsize=8)
+    axes[1].set(ylabel="training images/s")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_params_throughput.png", dpi=110)
+    plt.close(fig)
+    return ["curves.png", "accuracy_params_throughput.png"]

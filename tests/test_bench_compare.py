@@ -1,0 +1,103 @@
+"""`pnnh bench` and `pnnh compare` on tiny settings: the files, the numbers in them, and resuming."""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import pnnh
+from pnnh.bench import parse_entries
+from pnnh.compare import compare
+from pnnh.profile import count_params
+from pnnh.train import TrainConfig, TrainingInterrupted
+from conftest import assert_one_line_error, run_cli
+
+
+def test_parse_entries() -> None:
+    entries = parse_entries("resnet56:pnnh:learner_ratio=0.5,code_ratio=0.25,resnet56:residual")
+    assert [(e.model, e.kind, e.kwargs) for e in entries] == [
+        ("resnet56", "pnnh", {"learner_ratio": 0.5, "code_ratio": 0.25}), ("resnet56", "residual", {})]
+    assert entries[0].variant == "code_ratio=0.25,learner_ratio=0.5" and entries[1].variant == "default"
+    with pytest.raises(pnnh.PnnhError, match="unknown kind 'skip'"):
+        parse_entries("resnet56:skip")
+    with pytest.raises(pnnh.PnnhError, match="not model:kind"):
+        parse_entries("resnet56")
+
+
+def test_bench_json_ratios_are_computed_from_the_measurements() -> None:
+    result = run_cli("bench", "--models", "resnet20:residual,resnet20:pnnh:learner_ratio=0.5", "--repeats", "2",
+                     "--steps", "1", "--warmup", "1", "--batch-size", "8", "--input-size", "32", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["device"] == "cpu" and out["torch"]
+    first, second = out["entries"]
+    assert (first["kind"], second["kind"], second["variant"]) == ("residual", "pnnh", "learner_ratio=0.5")
+    assert first["ratio_train"] == 1.0 and first["ratio_infer"] == 1.0
+    assert second["ratio_train"] == pytest.approx(second["train_img_s"] / first["train_img_s"])
+    assert second["ratio_infer"] == pytest.approx(second["infer_img_s"] / first["infer_img_s"])
+    assert first["params"] == count_params(pnnh.create_model("resnet20", num_classes=10))
+    assert 0.45 < second["params"] / first["params"] < 0.55 and second["macs"] < first["macs"]
+    for e in out["entries"]:
+        assert e["train_img_s"] > 0 and e["infer_img_s"] > e["train_img_s"] and e["peak_mem_mb"] > 0
+        lo, hi = e["train_img_s_range"]
+        assert lo <= e["train_img_s"] <= hi
+    assert_one_line_error(run_cli("bench", "--models", "resnet21:residual"), "unknown model 'resnet21'")
+
+
+BASE = TrainConfig(data="fashion-mnist", train_subset=64, test_subset=32, epochs=2, batch_size=32, workers=0)
+
+
+def test_compare_report_and_resume(tmp_path: Path, capsys) -> None:
+    entries = parse_entries("resnet20:residual,resnet20:pnnh:learner_ratio=0.5")
+    out = tmp_path / "report"
+    # interrupted in the first run's second epoch (2 steps per epoch)
+    with pytest.raises(TrainingInterrupted):
+        compare(entries, replace(BASE, stop_after_steps=3), [0, 1], out, "pnnh compare (test)")
+    capsys.readouterr()
+    results = compare(entries, BASE, [0, 1], out, "pnnh compare (test)")
+    log = capsys.readouterr().err
+    assert "[1/4] resnet20:residual seed 0: resuming" in log
+    assert "[2/4] resnet20:residual seed 1: training" in log
+    again = compare(entries, BASE, [0, 1], out, "pnnh compare (test)")
+    assert capsys.readouterr().err.count("done, skipped") == 4
+    assert again["entries"] == results["entries"]
+
+    # the numbers are those of the runs' own metrics
+    for row in results["entries"]:
+        slug = row["label"].replace(":", "-").replace(",", "-").replace("=", "")
+        finals = [json.loads((out / "runs" / f"{slug}-seed{s}" / "metrics.jsonl").read_text().splitlines()[-1])
+                  for s in (0, 1)]
+        assert row["test_acc"] == [f["test_acc"] for f in finals]
+        assert row["test_acc_mean"] == pytest.approx(statistics.fmean(f["test_acc"] for f in finals))
+        assert row["test_acc_std"] == pytest.approx(statistics.stdev(f["test_acc"] for f in finals))
+    residual, half = results["entries"]
+    assert half["ratio_train_img_s"] == pytest.approx(half["train_img_s"] / residual["train_img_s"])
+    assert half["ratio_params"] == pytest.approx(half["params"] / residual["params"]) and half["ratio_params"] < 0.6
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["entries"] == results["entries"] and saved["data"] == "Fashion-MNIST"
+    assert saved["budget"]["epochs"] == 2 and saved["command"] == "pnnh compare (test)"
+    report = (out / "report.md").read_text()
+    for row in saved["entries"]:
+        line = next(l for l in report.splitlines() if l.startswith(f"| {row['label']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}%"
+        assert cells[6] == f"{row['ratio_train_img_s']:.2f}"
+    assert "pnnh compare (test)" in report and re.search(r"torch \d", report)
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "accuracy_params_throughput.png").exists()
+
+
+def test_compare_cli_variants(tmp_path: Path) -> None:
+    result = run_cli("compare", "--model", "resnet20", "--kinds", "residual,pnnh", "--pnnh-learner-ratio", "0.5",
+                     "--data", "fashion-mnist", "--train-subset", "32", "--test-subset", "32", "--epochs", "1",
+                     "--batch-size", "32", "--seeds", "1", "--workers", "0", "--output", tmp_path / "r", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert [(e["kind"], e["variant"]) for e in out["entries"]] == [("residual", "default"),
+                                                                   ("pnnh", "learner_ratio=0.5")]
+    assert out["command"].startswith("pnnh compare --model resnet20")
+    assert_one_line_error(run_cli("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
