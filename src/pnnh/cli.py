@@ -268,6 +268,115 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"report: {out / 'report.md'}", file=sys.stderr)
 
 
+def probe_images(args: argparse.Namespace, saved_stats):
+    """(normalised images, RGB images in [0, 1]) of a fixed seeded subset of the test split."""
+    import torch
+
+    from .data import load_dataset
+    from .data.loader import channel_stats
+
+    data = load_dataset(args.data, args.data_dir, "test", False, args.cache_dir)
+    if not hasattr(data, "subset"):
+        raise PnnhError("the probe reads in-memory data sets (CIFAR, MNIST family, small image folders)")
+    data = data.subset(args.num_images, args.seed)
+    if len(data) < args.num_images:
+        raise PnnhError(f"--num-images {args.num_images} but the test split has {len(data)} images")
+    mean, std = saved_stats or channel_stats(data.images)
+    raw = data.images.permute(0, 3, 1, 2).float() / 255
+    images = (raw - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
+    rgb = raw if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
+    return images, rgb, len(data.classes)
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    import csv
+    from pathlib import Path
+
+    import torch
+
+    from .analysis import DISTS, probe
+    from .checkpoint import load_checkpoint, load_model_state
+    from .models import create_model
+
+    kinds = [k.strip() for k in (args.kinds or args.kind).split(",") if k.strip()]
+    if args.checkpoint and len(kinds) > 1:
+        raise PnnhError("--checkpoint holds one model: probe one --kind with it, not several --kinds")
+    checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else {}
+    saved = checkpoint.get("config", {})
+    if saved and (saved["model"], saved["kind"]) != (args.model, kinds[0]):
+        raise PnnhError(f"checkpoint {args.checkpoint} holds {saved['model']} ({saved['kind']}): pass "
+                        f"--model {saved['model']} --kind {saved['kind']}")
+    images, rgb, num_classes = probe_images(args, checkpoint.get("data_stats"))
+    dists = DISTS.from_vgg16(args.dists_weights) if args.dists_weights else None
+    model_kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else saved.get("model_kwargs", {})
+    runs = []
+    for kind in kinds:
+        torch.manual_seed(args.seed)
+        model = create_model(args.model, kind=kind, num_classes=num_classes, in_chans=images.shape[1],
+                             **model_kwargs)
+        if checkpoint:
+            load_model_state(model, checkpoint["model"], args.checkpoint)
+        print(f"probing {args.model} ({kind}) on {len(images)} images", file=sys.stderr)
+        result = probe(model, images, rgb, dists=dists, seed=args.seed, batch_stats=not checkpoint)
+        runs.append({"model": args.model, "kind": kind, "trained": bool(checkpoint), **result})
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe.json").write_text(json.dumps(runs if len(runs) > 1 else runs[0], indent=2) + "\n")
+        with open(out / "probe.csv", "w", newline="") as f:
+            fields = ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "dists"]
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for run in runs:
+                for row in run["layers"]:
+                    writer.writerow({"model": run["model"], "kind": run["kind"], **row})
+        from .analysis.plots import plot_probe
+        for path in plot_probe(runs, out):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(runs if len(runs) > 1 else runs[0], indent=2))
+        return
+    for run in runs:
+        floor = run["noise_floor"]
+        print(f"{run['model']} ({run['kind']}): noise floor CKA {floor['cka']:.3f}, R^2 {floor['r2']:.3f}")
+        print(f"  {'layer':<28} {'cka':>6} {'r2':>7} {'surv':>6} {'dead':>6} {'erank':>7} {'dists':>6}")
+        for row in run["layers"]:
+            d = "-" if row.get("dists") is None else f"{row['dists']:.3f}"
+            print(f"  {row['name']:<28} {row['cka']:>6.3f} {row['r2']:>7.3f} {row['survival']:>6.3f} "
+                  f"{row['dead']:>6.3f} {row['erank']:>7.2f} {d:>6}")
+        for note in run["notes"]:
+            print(f"  note: {note}")
+
+
+def cmd_theory(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .analysis import theory
+
+    if args.width < 2 or args.depth < 1 or args.samples < 8 or args.sigma <= 0:
+        raise PnnhError("--width >= 2, --depth >= 1, --samples >= 8 and --sigma > 0 are needed")
+    result = theory(args.width, args.depth, args.samples, args.mu, args.sigma, args.seed)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "theory.json").write_text(json.dumps(result, indent=2) + "\n")
+        from .analysis.plots import plot_theory
+        print(f"wrote {plot_theory(result, out)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"Theorem 3.2 (width {args.width}, zero-mean input, sigma {args.sigma}):")
+    for kind, r in result["theorem_3_2"].items():
+        print(f"  {kind:<9} mean {r['mean']:+.4f} (theorem {r['predicted']['mean']:+.1f})  var/sigma^2 "
+              f"{r['var_ratio']:.4f} (theorem {r['predicted']['var'] / args.sigma ** 2:.0f})")
+    print(f"Theorem 3.3 (input mean {args.mu}, sigma {args.sigma}): surviving fraction vs bound by depth")
+    for row in result["theorem_3_3"]:
+        if row["depth"] in (1, 2, 5, 10, 20, args.depth):
+            print(f"  {row['kind']:<9} depth {row['depth']:>3}: survival {row['survival']:.4f}  bound {row['bound']:.4f}")
+    print("Proposition 3.1 (plain): Jacobian rank / width by depth: " + ", ".join(
+        f"{r['jacobian_rank_fraction']:.3f}" for r in result["proposition_3_1"]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pnnh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -330,6 +439,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pnnh-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="options of the pnnh entries")
     p.add_argument("--json", action="store_true", help="print results.json on stdout")
     p.set_defaults(func=cmd_compare, argv=None)
+
+    p = sub.add_parser("probe", help="dissipating inputs: how much of the input survives each layer")
+    p.add_argument("--model", required=True)
+    p.add_argument("--kind", default="residual")
+    p.add_argument("--kinds", help="several kinds side by side (at initialisation), e.g. residual,plain,pnnh")
+    p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE")
+    p.add_argument("--checkpoint", help="probe trained weights (default: at initialisation)")
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--num-images", type=int, default=256)
+    p.add_argument("--dists-weights", help="ImageNet VGG16 state dict (torchvision layout) for DISTS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="folder for probe.json, probe.csv and PNG plots")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("theory", help="Monte Carlo checks of Theorems 3.2, 3.3 and Proposition 3.1")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--depth", type=int, default=20)
+    p.add_argument("--samples", type=int, default=2048)
+    p.add_argument("--mu", type=float, default=1.0, help="input mean for Theorem 3.3 (3.2 is also run at 0)")
+    p.add_argument("--sigma", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="folder for theory.json and theory.png")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=cmd_theory)
     return parser
 
 

@@ -1,0 +1,115 @@
+"""The dissipating-inputs probe: for every layer, in forward order, how much of the input survives.
+
+A "layer" is every call of an activation module (ReLU, GELU, SiLU, ...), so the probe
+works on any ``nn.Module``: its input is the pre-activation, its output the layer's
+representation. A noise floor comes from the same measures taken between the real
+input and the model's response to images of pure noise, so "reaches the level of
+noise" is a measured statement.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import PnnhError
+from .dists import DISTS, feature_map_image
+from .metrics import effective_rank_gram, gram, linear_cka_gram, ridge_r2_gram, survival
+
+ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
+METRICS = ("cka", "r2", "survival", "erank", "dists")
+
+
+@torch.no_grad()
+def layer_responses(model: nn.Module, images: torch.Tensor, batch_stats: bool = False
+                    ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """[(name, pre-activation, output)] of every activation call, in the order the forward pass makes them.
+
+    ``batch_stats``: normalise with the batch's statistics (BatchNorm in training mode, as a net at
+    initialisation is used), leaving the running statistics untouched; else eval mode.
+    """
+    records: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, ACTIVATIONS):
+            hooks.append(module.register_forward_hook(
+                lambda m, inp, out, name=name: records.append((name, inp[0].detach().cpu(), out.detach().cpu()))))
+    if not hooks:
+        raise PnnhError(f"{type(model).__name__} has no activation modules (nn.ReLU, nn.GELU, ...) to probe")
+    was_training = model.training
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms if m.running_mean is not None]
+    model.train(batch_stats)
+    try:
+        model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, (momentum, mean, var) in zip([m for m in norms if m.running_mean is not None], saved):
+            m.momentum = momentum
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+        model.train(was_training)
+    return records
+
+
+def reconstruction_target(images: torch.Tensor, side: int = 4) -> torch.Tensor:
+    """The fixed downsampled copy of the input that R^2 asks a layer to reconstruct (side x side per channel)."""
+    return F.adaptive_avg_pool2d(images.float(), min(side, *images.shape[2:])).flatten(1)
+
+
+def probe(model: nn.Module, images: torch.Tensor, raw_images: torch.Tensor | None = None,
+          metrics: tuple[str, ...] = METRICS, dists: DISTS | None = None, seed: int = 0,
+          batch_stats: bool = False) -> dict:
+    """Measure every layer of ``model`` on ``images`` (normalised as the model expects).
+
+    ``raw_images`` (the same images in [0, 1], 3 channels) are what DISTS compares; DISTS is
+    computed only when a ``dists`` model (with real weights) is given. ``batch_stats``: see
+    ``layer_responses`` (use it for a model at initialisation, whose running statistics are unset).
+    """
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise PnnhError(f"unknown probe metric(s) {', '.join(unknown)}; valid: {', '.join(METRICS)}")
+    if images.shape[0] < 8:
+        raise PnnhError(f"the probe needs at least 8 images, got {images.shape[0]}")
+    use_dists = "dists" in metrics and dists is not None
+    if use_dists and (raw_images is None or raw_images.shape[1] != 3):
+        raise PnnhError("DISTS compares RGB images: pass raw_images of shape (n, 3, H, W) in [0, 1]")
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(images.shape, generator=g).to(images.dtype).to(images.device)
+    real = layer_responses(model, images, batch_stats)
+    fake = layer_responses(model, noise, batch_stats)
+    k_input = gram(images.detach().cpu())
+    target = reconstruction_target(images.detach().cpu())
+    size = tuple(images.shape[2:])
+    layers, floors = [], {"cka": [], "r2": [], "dists": []}
+    for index, ((name, pre, out), (_, _, out_noise)) in enumerate(zip(real, fake)):
+        row = {"index": index, "name": name}
+        k_out, k_noise = gram(out), gram(out_noise)
+        if "cka" in metrics:
+            row["cka"] = linear_cka_gram(k_input, k_out)
+            floors["cka"].append(linear_cka_gram(k_input, k_noise))
+        if "r2" in metrics:
+            row["r2"] = ridge_r2_gram(k_out, target, seed=seed)
+            floors["r2"].append(ridge_r2_gram(k_noise, target, seed=seed))
+        if "survival" in metrics:
+            row["survival"], row["dead"] = survival(pre)
+        if "erank" in metrics:
+            row["erank"] = effective_rank_gram(k_out)
+        if "dists" in metrics:
+            if use_dists and out.dim() == 4:
+                row["dists"] = float(dists(raw_images.cpu(), feature_map_image(out, size)).mean())
+                floors["dists"].append(float(dists(raw_images.cpu(), feature_map_image(out_noise, size)).mean()))
+            else:
+                row["dists"] = None
+        layers.append(row)
+    noise_floor = {"cka": max(floors["cka"]) if floors["cka"] else None,
+                   "r2": max(floors["r2"]) if floors["r2"] else None,
+                   "dists": min(floors["dists"]) if floors["dists"] else None}
+    notes = ["noise_floor: the highest CKA/R^2 (lowest DISTS) over layers between the real input and the "
+             "model's response to Gaussian-noise images",
+             "BatchNorm used " + ("the batch's statistics (a model at initialisation)" if batch_stats
+                                  else "its running statistics (eval mode)")]
+    if "dists" in metrics and not use_dists:
+        notes.append("DISTS skipped: it needs ImageNet-trained VGG16 weights (--dists-weights PATH)")
+    return {"num_images": int(images.shape[0]), "layers": layers, "noise_floor": noise_floor, "notes": notes}
