@@ -70,13 +70,13 @@ class TiedCoder(nn.Module):
         return self.weight.shape[0]
 
     def path(self, x: torch.Tensor) -> torch.Tensor:
-        """decode(act(u) - act(-u)) with u = E x, computed as one 1x1 conv with the composed matrix.
+        """decode(act(u) - act(-u)) with u = E x, as 1x1 convs.
 
         act(u) - act(-u) = u exactly for ReLU, GELU and SiLU, and decode is linear, so the
-        path is (D E) x; ``to_plain`` writes out the literal [act(u), act(-u)] channels instead.
+        path is D (E x); ``to_plain`` writes out the literal [act(u), act(-u)] channels instead.
         """
         decode, bias = self.decode_affine()
-        out = F.conv2d(x, (decode @ self.weight)[:, :, None, None], stride=self.stride)
+        out = linear_path(x, self.weight, decode, self.stride)
         return out if bias is None else out + bias[None, :, None, None]
 
     def encode_matrix(self) -> torch.Tensor:
@@ -102,13 +102,23 @@ class ProjectionCoder(TiedCoder):
         self.bn = norm_layer(out_ch)
 
     def path(self, x: torch.Tensor) -> torch.Tensor:
-        # BN(D E x) with batch statistics in training, so BN stays outside the composed matrix
-        return self.bn(F.conv2d(x, (self.conv.weight[:, :, 0, 0] @ self.weight)[:, :, None, None],
-                                stride=self.stride))
+        # BN(D E x): BN uses batch statistics in training, so it stays outside the linear part
+        return self.bn(linear_path(x, self.weight, self.conv.weight[:, :, 0, 0], self.stride))
 
     def decode_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         scale, shift = bn_affine(self.bn)
         return self.conv.weight[:, :, 0, 0] * scale[:, None], shift
+
+
+def linear_path(x: torch.Tensor, encode: torch.Tensor, decode: torch.Tensor, stride: int) -> torch.Tensor:
+    """decode @ encode applied as a strided 1x1 map: composed first (one conv) when that is cheaper for
+    this batch, else the two maps in turn (a wide code at small batch, e.g. resnet50's last stage)."""
+    k, c_in = encode.shape
+    c_out = decode.shape[0]
+    pixels = x.shape[0] * -(-x.shape[2] // stride) * -(-x.shape[3] // stride)
+    if c_out * k * c_in + pixels * c_out * c_in <= pixels * k * (c_in + c_out):
+        return F.conv2d(x, (decode @ encode)[:, :, None, None], stride=stride)
+    return F.conv2d(F.conv2d(x, encode[:, :, None, None], stride=stride), decode[:, :, None, None])
 
 
 def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
