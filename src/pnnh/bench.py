@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .errors import PnnhError
 from .models import create_model
-from .models.registry import check_kind
+from .models.registry import check_kind, parse_kwargs
 from .profile import count_macs, count_params
 
 
@@ -37,8 +37,6 @@ class Entry:
 
     @classmethod
     def parse(cls, text: str) -> "Entry":
-        from .cli import parse_kwargs
-
         parts = text.strip().split(":")
         if len(parts) < 2 or not parts[0] or not parts[1]:
             raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...], e.g. resnet56:pnnh")

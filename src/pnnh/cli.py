@@ -7,6 +7,7 @@ import os
 import sys
 
 from .errors import PnnhError
+from .models.registry import parse_kwargs
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -49,24 +50,6 @@ TRAIN_HELP = {
     "output": "run folder (default runs/<model>-<kind>-seed<seed>; compare: reports/<model>-<data>)",
     "stop_after_steps": "stop as if interrupted after N steps (checkpoint, exit 130): to test --resume",
 }
-
-
-def parse_kwargs(items: list[str]) -> dict:
-    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PnnhError(f"model option {item!r} is not key=value")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                pass
-        else:
-            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
-    return out
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

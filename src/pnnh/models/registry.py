@@ -59,3 +59,21 @@ def create_model(name: str, kind: str = "residual", **kwargs) -> nn.Module:
         return _MODELS[name](kind=kind, **kwargs)
     except TypeError as e:  # an unknown keyword option
         raise PnnhError(f"bad option for {name}: {e}") from None
+
+
+def parse_kwargs(items: list[str]) -> dict:
+    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PnnhError(f"model option {item!r} is not key=value")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+    return out
