@@ -2,7 +2,8 @@
 # The project's headline experiments: CIFAR-style ResNets of depth 20, 56 and 110 in the three kinds,
 # 3 seeds each, plus PNNH with half the parameters at depth 56, on CIFAR-10 (JPEG q75 copy).
 # Budget (the same for every run): 2,000 training images (a fixed seeded subset), 3 epochs, batch 64,
-# SGD (Nesterov) lr 0.1 one-cycle, weight decay 5e-4; 1,000 test images. About 45 minutes on 2 CPU cores.
+# SGD (Nesterov) lr 0.1 one-cycle, weight decay 5e-4; 1,000 test images. About an hour on 2 CPU cores
+# (57 minutes here, sharing the CPU with other work).
 # A run interrupted and started again resumes where it stopped. Reports: benchmarks/results/<name>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
