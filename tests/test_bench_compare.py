@@ -89,6 +89,11 @@ def test_compare_report_and_resume(tmp_path: Path, capsys) -> None:
         assert cells[6] == f"{row['ratio_train_img_s']:.2f}"
     assert "pnnh compare (test)" in report and re.search(r"torch \d", report)
     assert (out / "curves.png").stat().st_size > 1000 and (out / "accuracy_params_throughput.png").exists()
+    # the probe of each entry's trained seed-0 weights
+    probes = json.loads((out / "probe_end.json").read_text())
+    assert [p["label"] for p in probes] == [r["label"] for r in saved["entries"]]
+    assert len(probes[0]["layers"]) == 19 and all(-1 <= row["cka"] <= 1 for row in probes[0]["layers"])
+    assert "The probe at the end of training" in report and (out / "probe_end_cka.png").exists()
 
 
 def test_compare_cli_variants(tmp_path: Path) -> None:

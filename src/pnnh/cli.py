@@ -251,26 +251,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"report: {out / 'report.md'}", file=sys.stderr)
 
 
-def probe_images(args: argparse.Namespace, saved_stats):
-    """(normalised images, RGB images in [0, 1]) of a fixed seeded subset of the test split."""
-    import torch
-
-    from .data import load_dataset
-    from .data.loader import channel_stats
-
-    data = load_dataset(args.data, args.data_dir, "test", False, args.cache_dir)
-    if not hasattr(data, "subset"):
-        raise PnnhError("the probe reads in-memory data sets (CIFAR, MNIST family, small image folders)")
-    data = data.subset(args.num_images, args.seed)
-    if len(data) < args.num_images:
-        raise PnnhError(f"--num-images {args.num_images} but the test split has {len(data)} images")
-    mean, std = saved_stats or channel_stats(data.images)
-    raw = data.images.permute(0, 3, 1, 2).float() / 255
-    images = (raw - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
-    rgb = raw if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
-    return images, rgb, len(data.classes)
-
-
 def cmd_probe(args: argparse.Namespace) -> None:
     import csv
     from pathlib import Path
@@ -278,6 +258,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     import torch
 
     from .analysis import DISTS, probe
+    from .analysis.probe import load_probe_images
     from .checkpoint import load_checkpoint, load_model_state
     from .models import create_model
 
@@ -289,7 +270,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if saved and (saved["model"], saved["kind"]) != (args.model, kinds[0]):
         raise PnnhError(f"checkpoint {args.checkpoint} holds {saved['model']} ({saved['kind']}): pass "
                         f"--model {saved['model']} --kind {saved['kind']}")
-    images, rgb, num_classes = probe_images(args, checkpoint.get("data_stats"))
+    images, rgb, num_classes = load_probe_images(args.data, args.data_dir, args.num_images, args.seed,
+                                                 checkpoint.get("data_stats"), args.cache_dir)
     dists = DISTS.from_vgg16(args.dists_weights) if args.dists_weights else None
     model_kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else saved.get("model_kwargs", {})
     runs = []

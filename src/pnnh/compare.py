@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .bench import Entry
+from .errors import PnnhError
 from .profile import count_params
 from .train import TrainConfig, train
 
@@ -57,8 +58,36 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
         runs[(entry.label, seed)] = {"history": history, "params": params}
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
-    write_report(out, results, runs)
+    probes = probe_trained(entries, seeds[0], base, out)
+    write_report(out, results, runs, probes)
     return results
+
+
+PROBE_IMAGES = 64
+
+
+def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, out: Path) -> list[dict]:
+    """The probe (CKA, R^2, survival, effective rank) of each entry's trained seed-``seed`` run,
+    on a fixed subset of test images; [] where the data set cannot be probed."""
+    from .analysis.probe import load_probe_images, probe
+
+    checkpoints = [torch.load(run_dir(out, e, seed) / "last.pt", map_location="cpu", weights_only=True)
+                   for e in entries]
+    try:  # every run of one seed trained on the same subset, so shares its normalisation
+        images, _, _ = load_probe_images(base.data, base.data_dir, PROBE_IMAGES, 0,
+                                         checkpoints[0].get("data_stats"), base.cache_dir)
+    except PnnhError as e:
+        print(f"no probe curves: {e}", file=sys.stderr)
+        return []
+    runs = []
+    for entry, checkpoint in zip(entries, checkpoints):
+        path = run_dir(out, entry, seed)
+        model = _build(entry, base, path).to_empty(device="cpu")
+        model.load_state_dict(checkpoint["model"])
+        result = probe(model, images, metrics=("cka", "r2", "survival", "erank"))
+        runs.append({"model": entry.model, "kind": entry.kind, "label": entry.label, "seed": seed, **result})
+    (out / "probe_end.json").write_text(json.dumps(runs, indent=2) + "\n")
+    return runs
 
 
 def _build(entry: Entry, cfg: TrainConfig, path: Path) -> torch.nn.Module:
@@ -123,9 +152,12 @@ def _versions() -> dict:
     return out
 
 
-def write_report(out: Path, results: dict, runs: dict) -> None:
+def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None = None) -> None:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plots = write_plots(out, results, runs)
+    if probes and plots:
+        from .analysis.plots import plot_probe
+        plots += [p.name for p in plot_probe(probes, out, prefix="probe_end") if p.stem.endswith(("cka", "r2"))]
     b = results["budget"]
     lines = [f"# pnnh compare: {', '.join(r['label'] for r in results['entries'])}", "",
              f"Data: {results['data']}. Budget: {b['epochs']} epochs, batch {b['batch_size']}, {b['opt']} lr "
@@ -146,6 +178,16 @@ def write_report(out: Path, results: dict, runs: dict) -> None:
               f"{m['platform']}, Python {m['python']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
               f"device {m['device']}" + (f" ({m['gpu']})" if m["gpu"] else "") + ".", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + "."]
+    if probes:
+        lines += ["", f"## The probe at the end of training (seed {probes[0]['seed']}, {PROBE_IMAGES} test images)",
+                  "", "| entry | CKA with the input, first / middle / last layer | R^2, first / middle / last | "
+                  "noise floor (CKA, R^2) |", "|---|---|---|---|"]
+        for p in probes:
+            layers = p["layers"]
+            picks = [layers[0], layers[len(layers) // 2], layers[-1]]
+            lines.append(f"| {p['label']} | " + " / ".join(f"{r['cka']:.3f}" for r in picks) + " | "
+                         + " / ".join(f"{r['r2']:.3f}" for r in picks)
+                         + f" | {p['noise_floor']['cka']:.3f}, {p['noise_floor']['r2']:.3f} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     else:

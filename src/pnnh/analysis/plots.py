@@ -19,8 +19,8 @@ def _pyplot():
     return plt
 
 
-def plot_probe(runs: list[dict], out: Path) -> list[Path]:
-    """One PNG per metric: each kind's curve against depth, its noise floor dashed in the same colour."""
+def plot_probe(runs: list[dict], out: Path, prefix: str = "probe") -> list[Path]:
+    """One PNG per metric: each run's curve against depth, its noise floor dashed in the same colour."""
     plt = _pyplot()
     paths = []
     for metric, label in LABELS.items():
@@ -30,14 +30,15 @@ def plot_probe(runs: list[dict], out: Path) -> list[Path]:
         for i, run in enumerate(runs):
             color = f"C{i}"
             values = [row[metric] for row in run["layers"]]
-            ax.plot(range(len(values)), values, color=color, label=run["kind"])
+            name = run.get("label", run["kind"])
+            ax.plot(range(len(values)), values, color=color, label=name)
             floor = run["noise_floor"].get(metric)
             if floor is not None:
-                ax.axhline(floor, color=color, linestyle="--", linewidth=1, label=f"{run['kind']} noise floor")
+                ax.axhline(floor, color=color, linestyle="--", linewidth=1, label=f"{name} noise floor")
         ax.set(xlabel="layer (activation) index", ylabel=label, title=f"{runs[0]['model']}: {label}")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"probe_{metric}.png"
+        path = out / f"{prefix}_{metric}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

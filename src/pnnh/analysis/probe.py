@@ -113,3 +113,24 @@ def probe(model: nn.Module, images: torch.Tensor, raw_images: torch.Tensor | Non
     if "dists" in metrics and not use_dists:
         notes.append("DISTS skipped: it needs ImageNet-trained VGG16 weights (--dists-weights PATH)")
     return {"num_images": int(images.shape[0]), "layers": layers, "noise_floor": noise_floor, "notes": notes}
+
+
+def load_probe_images(data: str, data_dir: str | None, num_images: int, seed: int = 0,
+                      stats: tuple[list[float], list[float]] | None = None, cache_dir: str | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(images normalised with ``stats`` or their own, the same as RGB in [0, 1], number of classes):
+    a fixed seeded subset of the test split."""
+    from ..data import load_dataset
+    from ..data.loader import channel_stats
+
+    split = load_dataset(data, data_dir, "test", False, cache_dir)
+    if not hasattr(split, "subset"):
+        raise PnnhError("the probe reads in-memory data sets (CIFAR, MNIST family, small image folders)")
+    if len(split) < num_images:
+        raise PnnhError(f"--num-images {num_images} but the test split has {len(split)} images")
+    split = split.subset(num_images, seed)
+    mean, std = stats or channel_stats(split.images)
+    raw = split.images.permute(0, 3, 1, 2).float() / 255
+    images = (raw - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
+    rgb = raw if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
+    return images, rgb, len(split.classes)
