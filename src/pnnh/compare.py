@@ -54,7 +54,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
         if history is None:
             resume = path / "last.pt" if (path / "last.pt").exists() else None
             history = train(cfg, resume)["history"]
-        params = count_params(_build(entry, cfg, path))
+        state = torch.load(path / "last.pt", map_location="cpu", weights_only=True)["model"]
+        params = count_params(_build(entry, state))
         runs[(entry.label, seed)] = {"history": history, "params": params}
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
@@ -81,8 +82,7 @@ def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, out: Path)
         return []
     runs = []
     for entry, checkpoint in zip(entries, checkpoints):
-        path = run_dir(out, entry, seed)
-        model = _build(entry, base, path).to_empty(device="cpu")
+        model = _build(entry, checkpoint["model"]).to_empty(device="cpu")
         model.load_state_dict(checkpoint["model"])
         result = probe(model, images, metrics=("cka", "r2", "survival", "erank"))
         runs.append({"model": entry.model, "kind": entry.kind, "label": entry.label, "seed": seed, **result})
@@ -90,11 +90,10 @@ def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, out: Path)
     return runs
 
 
-def _build(entry: Entry, cfg: TrainConfig, path: Path) -> torch.nn.Module:
-    """The run's model on the meta device (for its parameter count), shaped as the checkpoint says."""
+def _build(entry: Entry, state: dict) -> torch.nn.Module:
+    """The entry's model on the meta device, shaped (classes, input channels) as its state dict says."""
     from .models import create_model
 
-    state = torch.load(path / "last.pt", map_location="cpu", weights_only=True)["model"]
     with torch.device("meta"):
         return create_model(entry.model, kind=entry.kind, num_classes=state["fc.weight"].shape[0],
                             in_chans=state["stem.0.conv.weight"].shape[1], **entry.kwargs)

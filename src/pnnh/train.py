@@ -290,13 +290,17 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = torch.compile(model) if cfg.compile else model
 
+    def weights() -> dict:
+        """What eval and the probe need: the weights, the config, the normalisation and the classes."""
+        return {"format": FORMAT, "config": asdict(cfg), "model": raw_model.state_dict(), "data_stats": stats,
+                "classes": train_set.classes}
+
     def save(path: Path, epoch: int, step: int) -> None:
         if dist_info.is_main:
-            save_atomic({"format": FORMAT, "config": asdict(cfg), "model": raw_model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            save_atomic({**weights(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
                          "epoch": epoch, "step": step, "history": history, "best_acc": best_acc,
-                         "partial": partial, "data_stats": stats, "classes": train_set.classes}, path)
+                         "partial": partial}, path)
 
     stop = {"signal": None}
 
@@ -351,9 +355,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> dict:
             epoch, step_in_epoch, partial = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
             if result["top1"] >= best_acc and dist_info.is_main:
                 best_acc = result["top1"]
-                save_atomic({"format": FORMAT, "config": asdict(cfg), "model": raw_model.state_dict(),
-                             "epoch": epoch, "test_acc": best_acc, "data_stats": stats,
-                             "classes": train_set.classes}, run_dir / "best.pt")
+                save_atomic({**weights(), "epoch": epoch, "test_acc": best_acc}, run_dir / "best.pt")
             save(run_dir / "last.pt", epoch, 0)
             if dist_info.is_main:
                 write_metrics(run_dir, history)

@@ -48,6 +48,18 @@ def augment_batch(batch: torch.Tensor, shifts: torch.Tensor | None, flips: torch
     return batch
 
 
+def normalise(batch: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> normalised float (B, C, H, W); a channels-last view unless asked otherwise.
+
+    ``mean`` and ``inv_std`` are per channel, on the 0-255 scale."""
+    x = batch.float().sub_(mean).mul_(inv_std).permute(0, 3, 1, 2)
+    return x if channels_last else x.contiguous()
+
+
+def _scaled_stats(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(mean, device=device) * 255, 1 / (torch.tensor(std, device=device) * 255)
+
+
 class TensorLoader:
     """Batches of an in-memory split, this process's share of each global batch."""
 
@@ -65,8 +77,7 @@ class TensorLoader:
         self.steps = n // self.global_batch if train else math.ceil(n / self.global_batch)
         if self.steps == 0:
             raise ValueError(f"{n} images is less than one global batch of {self.global_batch}")
-        self.mean = torch.tensor(mean, device=device) * 255
-        self.inv_std = 1 / (torch.tensor(std, device=device) * 255)
+        self.mean, self.inv_std = _scaled_stats(mean, std, device)
 
     def __len__(self) -> int:
         return self.steps
@@ -92,11 +103,7 @@ class TensorLoader:
             if self.train:
                 batch = augment_batch(batch, shifts[idx], flips[idx] if flips is not None else None,
                                       centres[idx], self.pad, self.cutout)
-            yield self._normalise(batch), self.labels[idx]
-
-    def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        x = batch.float().sub_(self.mean).mul_(self.inv_std).permute(0, 3, 1, 2)  # NCHW view, channels-last memory
-        return x if self.channels_last else x.contiguous()
+            yield normalise(batch, self.mean, self.inv_std, self.channels_last), self.labels[idx]
 
 
 class StreamLoader:
@@ -113,8 +120,8 @@ class StreamLoader:
         if self.steps == 0:
             raise ValueError(f"{n} images is less than one global batch of {self.global_batch}")
         self.dataset.seed = seed
-        self._tensor = TensorLoader(torch.zeros(1, 1, 1, 3, dtype=torch.uint8), torch.zeros(1, dtype=torch.long),
-                                    1, False, list(mean), list(std), device, channels_last=channels_last)
+        self.channels_last = channels_last
+        self.mean, self.inv_std = _scaled_stats(mean, std, device)
 
     def __len__(self) -> int:
         return self.steps
@@ -129,7 +136,8 @@ class StreamLoader:
                                              num_workers=self.workers, pin_memory=self.device.type == "cuda")
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True)
-            yield self._tensor._normalise(images), labels.to(self.device, non_blocking=True)
+            yield (normalise(images, self.mean, self.inv_std, self.channels_last),
+                   labels.to(self.device, non_blocking=True))
 
 
 def make_loader(data, batch_size: int, train: bool, device, seed: int = 0, rank: int = 0, world_size: int = 1,
