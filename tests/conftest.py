@@ -12,7 +12,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PNNH_DATA_DIR", ROOT.parent / "shared" / "data"))
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("PNNH_TEST_THREADS", "2")))
 # Decoded image folders are cached once per checkout, outside the (read-only) shared data.
 os.environ.setdefault("PNNH_CACHE_DIR", str(ROOT / ".cache"))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import statistics
 from dataclasses import replace
@@ -51,19 +52,20 @@ def test_bench_json_ratios_are_computed_from_the_measurements() -> None:
 BASE = TrainConfig(data="fashion-mnist", train_subset=64, test_subset=32, epochs=2, batch_size=32, workers=0)
 
 
-def test_compare_report_and_resume(tmp_path: Path, capsys) -> None:
+def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="pnnh")
     entries = parse_entries("resnet20:residual,resnet20:pnnh:learner_ratio=0.5")
     out = tmp_path / "report"
     # interrupted in the first run's second epoch (2 steps per epoch)
     with pytest.raises(TrainingInterrupted):
         compare(entries, replace(BASE, stop_after_steps=3), [0, 1], out, "pnnh compare (test)")
-    capsys.readouterr()
+    caplog.clear()
     results = compare(entries, BASE, [0, 1], out, "pnnh compare (test)")
-    log = capsys.readouterr().err
-    assert "[1/4] resnet20:residual seed 0: resuming" in log
-    assert "[2/4] resnet20:residual seed 1: training" in log
+    assert "[1/4] resnet20:residual seed 0: resuming" in caplog.text
+    assert "[2/4] resnet20:residual seed 1: training" in caplog.text
+    caplog.clear()
     again = compare(entries, BASE, [0, 1], out, "pnnh compare (test)")
-    assert capsys.readouterr().err.count("done, skipped") == 4
+    assert caplog.text.count("done, skipped") == 4
     assert again["entries"] == results["entries"]
 
     # the numbers are those of the runs' own metrics

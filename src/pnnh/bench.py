@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -10,10 +9,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .convert import to_plain
 from .errors import PnnhError
 from .models import create_model
 from .models.registry import check_kind, parse_kwargs
 from .profile import count_macs, count_params
+from .progress import bar
+from .train import check_amp, cpu_name
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Entry:
     model: str
     kind: str
     kwargs: dict = field(default_factory=dict)
+    plain_form: bool = False  # bench only: the model rewritten by to_plain (inference only)
 
     @property
     def variant(self) -> str:
@@ -29,7 +32,8 @@ class Entry:
 
     @property
     def label(self) -> str:
-        return f"{self.model}:{self.kind}" + (f":{self.variant}" if self.kwargs else "")
+        return (f"{self.model}:{self.kind}" + (f":{self.variant}" if self.kwargs else "")
+                + (":plain_form" if self.plain_form else ""))
 
     @property
     def slug(self) -> str:
@@ -38,11 +42,16 @@ class Entry:
     @classmethod
     def parse(cls, text: str) -> "Entry":
         parts = text.strip().split(":")
+        plain_form = parts[-1] == "plain_form"
+        if plain_form:
+            parts = parts[:-1]
         if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...], e.g. resnet56:pnnh")
+            raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
         check_kind(parts[1])
+        if plain_form and parts[1] == "residual":
+            raise PnnhError(f"entry {text!r}: a residual model has no plain form; use the plain or pnnh kind")
         kwargs = parse_kwargs([kv for kv in ":".join(parts[2:]).split(",") if kv]) if len(parts) > 2 else {}
-        return cls(parts[0], parts[1], kwargs)
+        return cls(parts[0], parts[1], kwargs, plain_form)
 
 
 def parse_entries(text: str) -> list[Entry]:
@@ -92,16 +101,19 @@ def _training_memory_mb(model: nn.Module, opt: torch.optim.Optimizer, x: torch.T
 
 def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input_size: int | None = None,
           in_chans: int = 3, num_classes: int = 10, repeats: int = 5, steps: int = 3, warmup: int = 2,
-          channels_last: bool = False, amp: str = "none") -> dict:
+          channels_last: bool = False, amp: str = "none", compile: bool = False) -> dict:
     """Train and inference images/s of each entry, interleaved; median and spread over ``repeats``."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PnnhError("--device cuda given but no CUDA device is available")
+    check_amp(dev, amp)
     built = []
     for e in entries:
         torch.manual_seed(0)
         model = create_model(e.model, kind=e.kind, num_classes=num_classes, in_chans=in_chans, **e.kwargs).to(dev)
         size = input_size or model.default_cfg["input_size"][1]
+        if e.plain_form:
+            model = to_plain(model.eval())
         if channels_last:
             model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -109,21 +121,23 @@ def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, num_classes, (batch_size,), device=dev)
-        built.append({"entry": e, "model": model, "opt": opt, "x": x, "y": y, "size": size,
-                      "train": [], "infer": []})
+        built.append({"entry": e, "model": model, "fwd": torch.compile(model) if compile else model, "opt": opt,
+                      "x": x, "y": y, "size": size, "train": [], "infer": []})
     cast = torch.autocast(dev.type, dtype=torch.bfloat16) if amp == "bf16" else torch.autocast(dev.type, enabled=False)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def train_time(b) -> float:
+    def train_time(b) -> float | None:
+        if b["entry"].plain_form:  # the deployable chain: inference only
+            return None
         b["model"].train()
         sync()
         start = time.perf_counter()
         for _ in range(steps):
             with cast:
-                loss = F.cross_entropy(b["model"](b["x"]), b["y"])
+                loss = F.cross_entropy(b["fwd"](b["x"]), b["y"])
             b["opt"].zero_grad(set_to_none=True)
             loss.backward()
             b["opt"].step()
@@ -137,39 +151,45 @@ def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input
         start = time.perf_counter()
         for _ in range(steps):
             with cast:
-                b["model"](b["x"])
+                b["fwd"](b["x"])
         sync()
         return (time.perf_counter() - start) / steps
 
-    for b in built:  # warm-up, also the first touch of every buffer
+    for b in bar(built, desc="bench warm-up", unit="model"):  # also the first touch of every buffer
         for _ in range(warmup):
             train_time(b), infer_time(b)
-    for r in range(repeats):
+    for _ in bar(range(repeats), desc="bench rounds", unit="round"):
         for b in built:
-            b["train"].append(batch_size / train_time(b))
+            t = train_time(b)
+            if t is not None:
+                b["train"].append(batch_size / t)
             b["infer"].append(batch_size / infer_time(b))
-        print(f"\rbench: repeat {r + 1}/{repeats}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
 
     rows = []
     for b in built:
         e, model = b["entry"], b["model"]
-        if dev.type == "cuda":
+        if e.plain_form:
+            peak = None
+        elif dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
             train_time(b)
             peak = torch.cuda.max_memory_allocated(dev) / 2**20
         else:
             peak = _training_memory_mb(model.train(), b["opt"], b["x"], b["y"])
-        rows.append({"model": e.model, "kind": e.kind, "variant": e.variant, "params": count_params(model),
+        rows.append({"model": e.model, "kind": e.kind, "variant": e.variant, "plain_form": e.plain_form,
+                     "label": e.label, "params": count_params(model),
                      "macs": count_macs(model, (in_chans, b["size"], b["size"])),
-                     "train_img_s": statistics.median(b["train"]), "infer_img_s": statistics.median(b["infer"]),
-                     "train_img_s_range": [min(b["train"]), max(b["train"])],
+                     "train_img_s": statistics.median(b["train"]) if b["train"] else None,
+                     "infer_img_s": statistics.median(b["infer"]),
+                     "train_img_s_range": [min(b["train"]), max(b["train"])] if b["train"] else None,
                      "infer_img_s_range": [min(b["infer"]), max(b["infer"])], "peak_mem_mb": peak})
+    train_ref = next((r["train_img_s"] for r in rows if r["train_img_s"]), None)
     for row in rows:
-        row["ratio_train"] = row["train_img_s"] / rows[0]["train_img_s"]
+        row["ratio_train"] = row["train_img_s"] / train_ref if row["train_img_s"] and train_ref else None
         row["ratio_infer"] = row["infer_img_s"] / rows[0]["infer_img_s"]
     return {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "batch_size": batch_size, "input_size": built[0]["size"], "repeats": repeats,
+            "cpu": cpu_name() if dev.type == "cpu" else None, "amp": amp, "channels_last": channels_last,
+            "compile": compile, "batch_size": batch_size, "input_size": built[0]["size"], "repeats": repeats,
             "steps_per_repeat": steps, "peak_mem_kind": "cuda max_memory_allocated" if dev.type == "cuda" else
             "params + grads + optimiser state + saved activations", "entries": rows}
 
@@ -179,9 +199,11 @@ def format_bench(result: dict) -> str:
              f"{result['input_size']}px, median of {result['repeats']} interleaved repeats",
              f"{'entry':<34} {'params':>9} {'GMACs':>7} {'train img/s':>12} {'ratio':>6} {'infer img/s':>12} "
              f"{'ratio':>6} {'mem MB':>8}"]
+    def cell(v, width: int, fmt: str) -> str:
+        return f"{'-':>{width}}" if v is None else f"{v:>{width}{fmt}}"
+
     for r in result["entries"]:
-        label = f"{r['model']}:{r['kind']}" + (f":{r['variant']}" if r["variant"] != "default" else "")
-        lines.append(f"{label:<34} {r['params'] / 1e6:>8.3f}M {r['macs'] / 1e9:>7.3f} {r['train_img_s']:>12.1f} "
-                     f"{r['ratio_train']:>6.2f} {r['infer_img_s']:>12.1f} {r['ratio_infer']:>6.2f} "
-                     f"{r['peak_mem_mb']:>8.1f}")
+        lines.append(f"{r['label']:<34} {r['params'] / 1e6:>8.3f}M {r['macs'] / 1e9:>7.3f} "
+                     f"{cell(r['train_img_s'], 12, '.1f')} {cell(r['ratio_train'], 6, '.2f')} "
+                     f"{r['infer_img_s']:>12.1f} {r['ratio_infer']:>6.2f} {cell(r['peak_mem_mb'], 8, '.1f')}")
     return "\n".join(lines)

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from .errors import PnnhError
+from .io import dumps, make_dir, write_json
 from .models.registry import parse_kwargs
+from .progress import bar, log, setup_logging
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -18,16 +19,14 @@ def cmd_models(args: argparse.Namespace) -> None:
     if not names:
         raise PnnhError(f"no model matches {args.pattern!r}; try `pnnh models` for the full list")
     rows = []
-    for i, name in enumerate(names):
-        print(f"\r[{i + 1}/{len(names)}] {name:<12}", end="", file=sys.stderr, flush=True)
+    for name in bar(names, desc="models", unit="model"):
         per_kind = {kind: model_summary(name, kind) for kind in KINDS}
         rows.append({"model": name, "family": model_family(name), "kinds": list(KINDS),
                      "input_size": per_kind["residual"]["input_size"],
                      "params": {k: s["params"] for k, s in per_kind.items()},
                      "macs": {k: s["macs"] for k, s in per_kind.items()}})
-    print("\r" + " " * 30 + "\r", end="", file=sys.stderr)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps(rows))
         return
     header = f"{'model':<11} {'family':<13} {'input':<11} " + " ".join(
         f"{k + ' params':>15} {k + ' GMACs':>14}" for k in KINDS)
@@ -81,13 +80,39 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig.from_dict(values)
 
 
-def load_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
-    """--config FILE.yaml: its keys (flag names, - or _) become defaults; flags on the line still win."""
-    pre = argparse.ArgumentParser(add_help=False)
+class Parser(argparse.ArgumentParser):
+    """argparse with pnnh's error style (one line, ``error: ...``, exit 2) and no abbreviated flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise PnnhError(f"{message} (see `{self.prog} --help`)")
+
+
+def subcommand_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser | None:
+    choices = parser._subparsers._group_actions[0].choices
+    return choices.get(argv[0]) if argv else None
+
+
+def given_options(sub: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options (as dests) written on the command line; abbreviations are off, so tokens are exact."""
+    return {a.dest for a in sub._actions for opt in a.option_strings
+            if any(t == opt or t.startswith(opt + "=") for t in argv)}
+
+
+def load_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """--config FILE.yaml: its keys (flag names, - or _) become the sub-command's defaults, checked against
+    its options; flags on the line still win. Returns the keys the file set."""
+    sub = subcommand_parser(parser, argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
+    known, _ = pre.parse_known_args(argv[1:])
     if not known.config:
-        return
+        return set()
+    if sub is None or "config" not in {a.dest for a in sub._actions}:
+        raise PnnhError(f"--config is not an option of `pnnh {argv[0] if argv else ''}`")
     try:
         import yaml
     except ImportError:
@@ -95,19 +120,19 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str] | None) 
     try:
         with open(known.config) as f:
             values = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise PnnhError(f"cannot read config {known.config}: {' '.join(str(e).split())[:200]}") from None
-    if not isinstance(values, dict):
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
         raise PnnhError(f"config {known.config} must be a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
     if isinstance(values.get("model_kwargs"), dict):
         values["model_kwargs"] = [f"{k}={v}" for k, v in values["model_kwargs"].items()]
-    train_parser = parser._subparsers._group_actions[0].choices["train"]
-    known_dests = {a.dest for a in train_parser._actions}
+    known_dests = {a.dest for a in sub._actions} - {"help", "config"}
     unknown = sorted(set(values) - known_dests)
     if unknown:
-        raise PnnhError(f"config {known.config}: unknown option(s) {', '.join(unknown)}")
-    train_parser.set_defaults(**values)
+        raise PnnhError(f"config {known.config}: unknown option(s) {', '.join(unknown)} for `pnnh {argv[0]}`")
+    sub.set_defaults(**values)
+    return set(values)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -121,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume = args.resume if args.resume != "auto" else str(cfg.run_dir / "last.pt")
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     try:
-        summary = train(cfg, resume)
+        summary = train(cfg, resume, given=args.given)
     except TrainingInterrupted as e:
         if is_main:
             print(str(e), file=sys.stderr)
@@ -130,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not is_main:
         return
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps(summary))
     elif summary["final"]:
         final = summary["final"]
         print(f"done: test acc {100 * final['test_acc']:.2f}% (best {100 * summary['best_acc']:.2f}%), "
@@ -159,41 +184,50 @@ def launch_torchrun(nproc: int) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint, load_model_state
+    from .checkpoint import load_checkpoint, load_model_state, model_from_checkpoint
     from .data.loader import channel_stats
     from .distributed import DistInfo
     from .models import create_model
     from .train import TrainConfig, evaluate, load_splits, make_loaders, resolve_device
 
     checkpoint = load_checkpoint(args.checkpoint)
-    saved = checkpoint.get("config", {})
-    if saved and (saved["model"], saved["kind"]) != (args.model, args.kind):
-        raise PnnhError(f"checkpoint {args.checkpoint} holds {saved['model']} ({saved['kind']}), not "
-                        f"{args.model} ({args.kind}): pass --model {saved['model']} --kind {saved['kind']}")
-    model_kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else saved.get("model_kwargs", {})
-    cfg = TrainConfig(model=args.model, kind=args.kind, model_kwargs=model_kwargs, data=args.data,
-                      data_dir=args.data_dir, cache_dir=args.cache_dir, test_subset=args.test_subset,
+    spec = checkpoint.get("model_config")
+    if spec and (args.model, args.kind) != (None, None) and (args.model or spec["name"], args.kind or spec["kind"]) \
+            != (spec["name"], spec["kind"]):
+        raise PnnhError(f"checkpoint {args.checkpoint} holds {spec['name']} ({spec['kind']}), not "
+                        f"{args.model or spec['name']} ({args.kind or spec['kind']}): drop --model/--kind or pass "
+                        f"--model {spec['name']} --kind {spec['kind']}")
+    if not spec and not args.model:
+        raise PnnhError(f"{args.checkpoint} is a bare state dict: pass --model (and --kind, --model-kwargs) to say "
+                        f"what it holds")
+    cfg = TrainConfig(model=spec["name"] if spec else args.model, kind=spec["kind"] if spec else args.kind or "residual",
+                      data=args.data, data_dir=args.data_dir, cache_dir=args.cache_dir, test_subset=args.test_subset,
                       batch_size=args.batch_size, device=args.device, workers=args.workers,
-                      image_size=args.image_size)
+                      image_size=args.image_size, image_pipeline=args.image_pipeline, amp=args.amp)
+    cfg.validate()
     device = resolve_device(cfg.device)
-    stats = checkpoint.get("data_stats")
-    needed = ("test",) if stats or saved.get("data") == "imagefolder" else ("train", "test")
-    splits = load_splits(cfg, needed)
+    stats = (spec["mean"], spec["std"]) if spec and spec["mean"] else None
+    splits = load_splits(cfg, ("test",) if stats or spec else ("train", "test"))
     if stats is None and "train" in splits and hasattr(splits["train"], "images"):
         stats = channel_stats(splits.pop("train").images)
     test_set = splits["test"]
-    loader = make_loaders(cfg, {"test": test_set}, device, DistInfo(), stats)["test"]
-    classes = checkpoint.get("classes") or test_set.classes
-    model = create_model(cfg.model, kind=cfg.kind, num_classes=len(classes), in_chans=test_set.input_size[0],
-                         **model_kwargs)
-    load_model_state(model, checkpoint["model"], args.checkpoint)
-    model.to(device)
-    result = evaluate(model, loader, device, args.amp)
-    result.update(model=args.model, kind=args.kind, checkpoint=str(args.checkpoint), data=args.data)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    if spec:
+        if spec["classes"] and len(spec["classes"]) != len(test_set.classes):
+            raise PnnhError(f"{args.checkpoint} was trained on {len(spec['classes'])} classes, the test split of "
+                            f"{args.data} has {len(test_set.classes)}: evaluate it on the data it was trained on")
+        model = model_from_checkpoint(checkpoint, args.checkpoint)
     else:
-        print(f"{args.model} ({args.kind}) on {args.data}: top-1 {100 * result['top1']:.2f}%  "
+        model = create_model(cfg.model, kind=cfg.kind, num_classes=len(test_set.classes),
+                             in_chans=test_set.input_size[0], **parse_kwargs(args.model_kwargs or []))
+        load_model_state(model, checkpoint["model"], args.checkpoint)
+    loader = make_loaders(cfg, {"test": test_set}, device, DistInfo(), stats)["test"]
+    model.to(device)
+    result = evaluate(model, loader, device, cfg.amp)
+    result.update(model=cfg.model, kind=cfg.kind, checkpoint=str(args.checkpoint), data=args.data)
+    if args.json:
+        print(dumps(result))
+    else:
+        print(f"{cfg.model} ({cfg.kind}) on {args.data}: top-1 {100 * result['top1']:.2f}%  "
               f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
               f"{result['img_per_s']:,.0f} img/s  ({result['images']} images)")
 
@@ -204,8 +238,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.repeats < 1 or args.steps < 1 or args.batch_size < 1:
         raise PnnhError("--repeats, --steps and --batch-size must be at least 1")
     result = bench(parse_entries(args.models), args.device, args.batch_size, args.input_size, args.in_chans,
-                   args.num_classes, args.repeats, args.steps, args.warmup, args.channels_last, args.amp)
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+                   args.num_classes, args.repeats, args.steps, args.warmup, args.channels_last, args.amp,
+                   args.compile)
+    print(dumps(result) if args.json else format_bench(result))
 
 
 def compare_entries(args: argparse.Namespace) -> list:
@@ -242,12 +277,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     out = Path(args.output or f"reports/{entries[0].model}-{cfg.data}")
     command = "pnnh " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
     try:
-        results = compare(entries, cfg, seeds, out, command)
+        results = compare(entries, cfg, seeds, out, command, overwrite=args.overwrite)
     except TrainingInterrupted:
         print(f"interrupted: run the same command again to continue ({out})", file=sys.stderr)
         raise SystemExit(130)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(dumps(results))
     print(f"report: {out / 'report.md'}", file=sys.stderr)
 
 
@@ -259,35 +294,43 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     from .analysis import DISTS, probe
     from .analysis.probe import load_probe_images
-    from .checkpoint import load_checkpoint, load_model_state
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .models import create_model
 
-    kinds = [k.strip() for k in (args.kinds or args.kind).split(",") if k.strip()]
-    if args.checkpoint and len(kinds) > 1:
-        raise PnnhError("--checkpoint holds one model: probe one --kind with it, not several --kinds")
     checkpoint = load_checkpoint(args.checkpoint) if args.checkpoint else {}
-    saved = checkpoint.get("config", {})
-    if saved and (saved["model"], saved["kind"]) != (args.model, kinds[0]):
-        raise PnnhError(f"checkpoint {args.checkpoint} holds {saved['model']} ({saved['kind']}): pass "
-                        f"--model {saved['model']} --kind {saved['kind']}")
+    spec = checkpoint.get("model_config")
+    if args.checkpoint and not spec:
+        raise PnnhError(f"{args.checkpoint} does not record its model (a bare state dict): probe a checkpoint "
+                        f"written by pnnh train")
+    if spec:
+        if args.kinds or (args.model and args.model != spec["name"]) or (args.kind and args.kind != spec["kind"]):
+            raise PnnhError(f"--checkpoint holds one model, {spec['name']} ({spec['kind']}): drop --model, --kind "
+                            f"and --kinds, or probe other kinds at initialisation without --checkpoint")
+        model_name, kinds = spec["name"], [spec["kind"]]
+    else:
+        if not args.model:
+            raise PnnhError("--model is needed (or --checkpoint of a trained run)")
+        model_name = args.model
+        kinds = [k.strip() for k in (args.kinds or args.kind or "residual").split(",") if k.strip()]
     images, rgb, num_classes = load_probe_images(args.data, args.data_dir, args.num_images, args.seed,
-                                                 checkpoint.get("data_stats"), args.cache_dir)
+                                                 (spec["mean"], spec["std"]) if spec and spec["mean"] else None,
+                                                 args.cache_dir)
     dists = DISTS.from_vgg16(args.dists_weights) if args.dists_weights else None
-    model_kwargs = parse_kwargs(args.model_kwargs) if args.model_kwargs else saved.get("model_kwargs", {})
     runs = []
     for kind in kinds:
         torch.manual_seed(args.seed)
-        model = create_model(args.model, kind=kind, num_classes=num_classes, in_chans=images.shape[1],
-                             **model_kwargs)
-        if checkpoint:
-            load_model_state(model, checkpoint["model"], args.checkpoint)
-        print(f"probing {args.model} ({kind}) on {len(images)} images", file=sys.stderr)
+        if spec:
+            model = model_from_checkpoint(checkpoint, args.checkpoint)
+        else:
+            model = create_model(model_name, kind=kind, num_classes=num_classes, in_chans=images.shape[1],
+                                 **parse_kwargs(args.model_kwargs or []))
+        log.info(f"probing {model_name} ({kind}) on {len(images)} images")
         result = probe(model, images, rgb, dists=dists, seed=args.seed, batch_stats=not checkpoint)
-        runs.append({"model": args.model, "kind": kind, "trained": bool(checkpoint), **result})
+        runs.append({"model": model_name, "kind": kind, "trained": bool(checkpoint), **result})
     if args.output:
         out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe.json").write_text(json.dumps(runs if len(runs) > 1 else runs[0], indent=2) + "\n")
+        make_dir(out)
+        write_json(out / "probe.json", runs if len(runs) > 1 else runs[0])
         with open(out / "probe.csv", "w", newline="") as f:
             fields = ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "dists"]
             writer = csv.DictWriter(f, fieldnames=fields)
@@ -299,7 +342,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         for path in plot_probe(runs, out):
             print(f"wrote {path}", file=sys.stderr)
     if args.json:
-        print(json.dumps(runs if len(runs) > 1 else runs[0], indent=2))
+        print(dumps(runs if len(runs) > 1 else runs[0]))
         return
     for run in runs:
         floor = run["noise_floor"]
@@ -323,12 +366,12 @@ def cmd_theory(args: argparse.Namespace) -> None:
     result = theory(args.width, args.depth, args.samples, args.mu, args.sigma, args.seed)
     if args.output:
         out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "theory.json").write_text(json.dumps(result, indent=2) + "\n")
+        make_dir(out)
+        write_json(out / "theory.json", result)
         from .analysis.plots import plot_theory
         print(f"wrote {plot_theory(result, out)}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result))
         return
     print(f"Theorem 3.2 (width {args.width}, zero-mean input, sigma {args.sigma}):")
     for kind, r in result["theorem_3_2"].items():
@@ -343,7 +386,7 @@ def cmd_theory(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pnnh", description=__doc__)
+    parser = Parser(prog="pnnh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list every registered model with its parameters and MACs per kind")
@@ -352,7 +395,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("train", help="train a model; torchrun --nproc_per_node=N -m pnnh train ... for N processes")
-    p.add_argument("--config", help="YAML file of options (flag names as keys); flags given here win")
     add_train_arguments(p)
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                    help="continue an interrupted run (default: <output>/last.pt)")
@@ -361,16 +403,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, loss, images/s")
-    p.add_argument("--model", required=True)
-    p.add_argument("--kind", default="residual")
+    p.add_argument("--model", help="checked against the checkpoint; needed only for a bare state dict")
+    p.add_argument("--kind", help="checked against the checkpoint; needed only for a bare state dict")
     p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
-                   help="model options (default: those saved in the checkpoint)")
+                   help="options of a bare state dict's model (a pnnh checkpoint records its own)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir")
     p.add_argument("--cache-dir")
     p.add_argument("--test-subset", type=int)
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-pipeline", default="auto", help="image folders: auto | memory | stream")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     p.add_argument("--device", default="auto")
@@ -391,23 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", default="none", choices=["none", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile every entry")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("compare", help="train the kinds side by side over seeds and write a report")
-    p.add_argument("--config", help="YAML file of training options")
     add_train_arguments(p)
     p.add_argument("--kinds", default="residual,plain,pnnh")
     p.add_argument("--seeds", default="3", help="a count (from --seed) or a list, e.g. 0,1,2")
     p.add_argument("--entries", help="instead of --model/--kinds: model:kind[:key=value,...], comma-separated")
     p.add_argument("--pnnh-learner-ratio", type=float, help="learner_ratio for the pnnh entries")
     p.add_argument("--pnnh-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="options of the pnnh entries")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again any run folder whose recorded settings differ from this compare's")
     p.add_argument("--json", action="store_true", help="print results.json on stdout")
     p.set_defaults(func=cmd_compare, argv=None)
 
     p = sub.add_parser("probe", help="dissipating inputs: how much of the input survives each layer")
-    p.add_argument("--model", required=True)
-    p.add_argument("--kind", default="residual")
+    p.add_argument("--model", help="model name (not needed with --checkpoint)")
+    p.add_argument("--kind", help="residual (default) | plain | pnnh")
     p.add_argument("--kinds", help="several kinds side by side (at initialisation), e.g. residual,plain,pnnh")
     p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE")
     p.add_argument("--checkpoint", help="probe trained weights (default: at initialisation)")
@@ -431,18 +476,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder for theory.json and theory.png")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_theory)
+    for name, p in sub.choices.items():
+        p.add_argument("--config", help="YAML file of this command's options (flag names as keys); flags on the "
+                       "command line win")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    setup_logging()
     parser = build_parser()
     try:
-        load_yaml_defaults(parser, argv)
+        from_config = load_yaml_defaults(parser, argv)
         args = parser.parse_args(argv)
+        sub = subcommand_parser(parser, argv)
+        args.given = from_config | (given_options(sub, argv[1:]) if sub else set())
         args.func(args)
     except PnnhError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

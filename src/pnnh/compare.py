@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,9 +17,12 @@ from pathlib import Path
 import torch
 
 from .bench import Entry
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .errors import PnnhError
+from .io import make_dir, save_figure, write_atomic, write_json
 from .profile import count_params
-from .train import TrainConfig, train
+from .progress import bar, log
+from .train import TrainConfig, config_differences, train
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -30,36 +33,57 @@ def run_dir(out: Path, entry: Entry, seed: int) -> Path:
     return out / "runs" / f"{entry.slug}-seed{seed}"
 
 
-def _finished_history(path: Path, epochs: int) -> list[dict] | None:
-    metrics = path / "metrics.jsonl"
-    if not metrics.exists():
+def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict | None:
+    """The last checkpoint in ``path`` if the folder holds this very run (the same config but for
+    RESUME_SAFE keys); None if it holds none. A run with other settings is refused, naming the keys,
+    or with ``overwrite`` deleted so that it is trained again."""
+    if not (path / "config.json").exists() and not (path / "last.pt").exists():
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return rows if len(rows) >= epochs else None
+    try:
+        saved = TrainConfig.from_dict(json.loads((path / "config.json").read_text()))
+        conflicts = config_differences(cfg, saved)
+    except (OSError, ValueError, TypeError, PnnhError):
+        saved, conflicts = None, ["config.json"]
+    if conflicts:
+        if overwrite:
+            log.info(f"{path}: trained with other settings ({', '.join(conflicts)}); --overwrite: training it again")
+            shutil.rmtree(path)
+            return None
+        was = ", ".join(f"{k}={getattr(saved, k)!r}" for k in conflicts) if saved else "an unreadable config.json"
+        asked = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in conflicts) if saved else "this compare's settings"
+        raise PnnhError(f"{path} holds a run with {was}, but this compare asks for {asked}: use another "
+                        f"--output, or --overwrite to train it again")
+    return load_checkpoint(path / "last.pt") if (path / "last.pt").exists() else None
 
 
-def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str) -> dict:
-    """Train each entry for each seed (resuming where possible) and write the report folder."""
-    out.mkdir(parents=True, exist_ok=True)
+def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str,
+            overwrite: bool = False) -> dict:
+    """Train each entry for each seed (resuming where possible) and write the report folder.
+
+    A run folder already there is reused only if it holds the same run (see ``existing_run``)."""
+    make_dir(out)
     plan = [(e, s) for e in entries for s in seeds]
     runs: dict[tuple[str, int], dict] = {}
+    models: dict[str, torch.nn.Module] = {}
     started = time.time()
     for i, (entry, seed) in enumerate(plan):
         path = run_dir(out, entry, seed)
         cfg = replace(base, model=entry.model, kind=entry.kind, model_kwargs=dict(entry.kwargs), seed=seed,
                       output=str(path))
-        history = _finished_history(path, cfg.epochs)
-        status = "done, skipped" if history else ("resuming" if (path / "last.pt").exists() else "training")
-        print(f"[{i + 1}/{len(plan)}] {entry.label} seed {seed}: {status}", file=sys.stderr, flush=True)
-        if history is None:
-            resume = path / "last.pt" if (path / "last.pt").exists() else None
-            history = train(cfg, resume)["history"]
-        state = torch.load(path / "last.pt", map_location="cpu", weights_only=True)["model"]
-        params = count_params(_build(entry, state))
-        runs[(entry.label, seed)] = {"history": history, "params": params}
+        checkpoint = existing_run(path, cfg, overwrite)
+        done = checkpoint is not None and (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0)
+        status = "done, skipped" if done else ("resuming" if checkpoint is not None else "training")
+        log.info(f"[{i + 1}/{len(plan)}] {entry.label} seed {seed}: {status}")
+        if not done:
+            train(cfg, path / "last.pt" if checkpoint is not None else None)
+            checkpoint = load_checkpoint(path / "last.pt")
+        model = model_from_checkpoint(checkpoint, path / "last.pt")
+        runs[(entry.label, seed)] = {"history": checkpoint["history"], "params": count_params(model)}
+        if seed == seeds[0]:
+            models[entry.label] = model  # probed below
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
-    probes = probe_trained(entries, seeds[0], base, out)
+    probes = probe_trained(entries, seeds[0], base, [models[e.label] for e in entries], out)
     write_report(out, results, runs, probes)
     return results
 
@@ -67,36 +91,25 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
 PROBE_IMAGES = 64
 
 
-def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, out: Path) -> list[dict]:
-    """The probe (CKA, R^2, survival, effective rank) of each entry's trained seed-``seed`` run,
+def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: list[torch.nn.Module],
+                  out: Path) -> list[dict]:
+    """The probe (CKA, R^2, survival, effective rank) of each entry's trained seed-``seed`` model,
     on a fixed subset of test images; [] where the data set cannot be probed."""
     from .analysis.probe import load_probe_images, probe
 
-    checkpoints = [torch.load(run_dir(out, e, seed) / "last.pt", map_location="cpu", weights_only=True)
-                   for e in entries]
     try:  # every run of one seed trained on the same subset, so shares its normalisation
+        cfg = models[0].pretrained_cfg
         images, _, _ = load_probe_images(base.data, base.data_dir, PROBE_IMAGES, 0,
-                                         checkpoints[0].get("data_stats"), base.cache_dir)
+                                         (cfg["mean"], cfg["std"]) if cfg["mean"] else None, base.cache_dir)
     except PnnhError as e:
-        print(f"no probe curves: {e}", file=sys.stderr)
+        log.warning(f"no probe curves: {e}")
         return []
     runs = []
-    for entry, checkpoint in zip(entries, checkpoints):
-        model = _build(entry, checkpoint["model"]).to_empty(device="cpu")
-        model.load_state_dict(checkpoint["model"])
+    for entry, model in bar(list(zip(entries, models)), desc="probe", unit="model"):
         result = probe(model, images, metrics=("cka", "r2", "survival", "erank"))
         runs.append({"model": entry.model, "kind": entry.kind, "label": entry.label, "seed": seed, **result})
-    (out / "probe_end.json").write_text(json.dumps(runs, indent=2) + "\n")
+    write_json(out / "probe_end.json", runs)
     return runs
-
-
-def _build(entry: Entry, state: dict) -> torch.nn.Module:
-    """The entry's model on the meta device, shaped (classes, input channels) as its state dict says."""
-    from .models import create_model
-
-    with torch.device("meta"):
-        return create_model(entry.model, kind=entry.kind, num_classes=state["fc.weight"].shape[0],
-                            in_chans=state["stem.0.conv.weight"].shape[1], **entry.kwargs)
 
 
 def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainConfig, command: str) -> dict:
@@ -152,7 +165,7 @@ def _versions() -> dict:
 
 
 def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None = None) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(out / "results.json", results)
     plots = write_plots(out, results, runs)
     if probes and plots:
         from .analysis.plots import plot_probe
@@ -191,7 +204,7 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     else:
         lines += ["", "(No plots: matplotlib is not installed; pip install 'pnnh[plot]'.)"]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
 
 
 def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
@@ -213,7 +226,7 @@ def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
     axes[1].set(xlabel="epoch", ylabel="training loss (mean over seeds)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
+    save_figure(fig, out / "curves.png")
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -228,6 +241,6 @@ def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
     axes[1].set_xticks(range(len(entries)), labels, rotation=20, ha="right", fontsize=8)
     axes[1].set(ylabel="training images/s")
     fig.tight_layout()
-    fig.savefig(out / "accuracy_params_throughput.png", dpi=110)
+    save_figure(fig, out / "accuracy_params_throughput.png")
     plt.close(fig)
     return ["curves.png", "accuracy_params_throughput.png"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import PnnhError
+from ..progress import log
 from . import readers
 from .loader import StreamLoader, TensorLoader, make_loader
 from .stream import StreamingFolder
@@ -50,9 +50,29 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PNNH_CACHE_DIR", Path.home() / ".cache" / "pnnh"))
 
 
+def check_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str], source: str) -> None:
+    """Refuse data that do not add up: every reader's output passes through here."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape:
+        raise PnnhError(f"{source}: images must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise PnnhError(f"{source}: labels must be a list of integers, got {labels.dtype} {labels.shape}")
+    if len(images) != len(labels):
+        raise PnnhError(f"{source}: {len(images)} images but {len(labels)} labels; the files are damaged, "
+                        f"fetch them again")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise PnnhError(f"{source}: labels run from {labels.min()} to {labels.max()} but there are "
+                        f"{len(classes)} classes; the files are damaged, fetch them again")
+
+
 def load_dataset(name: str, data_dir: str | Path | None, split: str, download: bool = False,
-                 cache_dir: str | Path | None = None, image_size: int = 224) -> ImageArrays | StreamingFolder:
-    """One split (``"train"`` or ``"test"``) of a data set; see DATASETS."""
+                 cache_dir: str | Path | None = None, image_size: int = 224, pipeline: str = "auto"
+                 ) -> ImageArrays | StreamingFolder:
+    """One split (``"train"`` or ``"test"``) of a data set; see DATASETS.
+
+    ``pipeline`` (image folders only): "memory" decodes every image once into a cached array,
+    "stream" decodes crops of ``image_size`` in worker processes, "auto" picks by image size
+    (up to 64 px: memory) and refuses a folder that mixes sizes.
+    """
     if name not in DATASETS:
         raise PnnhError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
     if split not in ("train", "test"):
@@ -63,7 +83,7 @@ def load_dataset(name: str, data_dir: str | Path | None, split: str, download: b
             path = default_cache_dir() / "datasets"
         if download and not readers.cifar_root(name, path).is_dir():
             spec = readers.CIFAR[name]
-            print(f"downloading {spec['url']} to {path}", file=sys.stderr)
+            log.info(f"downloading {spec['url']} to {path}")
             readers.download_and_extract(spec["url"], spec["md5"], path)
         images, labels, classes = readers.read_cifar(name, path, split)
     elif name in readers.MNIST_CLASSES:
@@ -74,30 +94,70 @@ def load_dataset(name: str, data_dir: str | Path | None, split: str, download: b
             raise PnnhError("--data-dir is needed for an image folder (train/<class>/*.jpg, val/<class>/*.jpg)")
         if not path.is_dir():
             raise PnnhError(f"data folder {path} does not exist")
-        return _load_image_folder(path, split, Path(cache_dir) if cache_dir else default_cache_dir(), image_size)
+        return _load_image_folder(path, split, Path(cache_dir) if cache_dir else default_cache_dir(), image_size,
+                                  pipeline)
+    check_arrays(images, labels, classes, f"{name} {split} split in {path}")
     return ImageArrays(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels), classes)
 
 
-def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int) -> ImageArrays | StreamingFolder:
+def choose_pipeline(path: Path, pipeline: str) -> tuple[str, tuple[int, int]]:
+    """One pipeline for both splits of an image folder, and the size memory decoding uses.
+
+    "auto" reads the sizes of up to 64 files per split, spread over the listing: all the same
+    and at most SMALL_IMAGE_MAX px -> memory; all larger -> stream; anything else is refused.
+    """
+    sampled = []
+    for split in ("train", "test"):
+        try:
+            files, _, _ = readers.list_image_folder(readers.folder_split(path, split))
+        except PnnhError:
+            if split == "train":
+                raise
+            continue
+        stride = max(1, len(files) // 64)
+        sampled += [(f, readers.image_size(f)) for f in files[::stride][:64]]
+    first = sampled[0][1]
+    if pipeline != "auto":
+        return pipeline, first
+    small = [fs for fs in sampled if max(fs[1]) <= SMALL_IMAGE_MAX]
+    if len(small) == len(sampled) and all(s == first for _, s in sampled):
+        return "memory", first
+    if not small:
+        return "stream", first
+    other = next(fs for fs in sampled if fs[1] != first)
+    raise PnnhError(f"image folder {path} mixes image sizes ({first[0]}x{first[1]} in {sampled[0][0].name}, "
+                    f"{other[1][0]}x{other[1][1]} in {other[0].name}): choose --image-pipeline memory (decode "
+                    f"once, every image resized to {first[0]}x{first[1]}) or stream (crops of --image-size)")
+
+
+def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int, pipeline: str
+                       ) -> ImageArrays | StreamingFolder:
     _, _, classes = readers.list_image_folder(readers.folder_split(path, "train"))
     files, labels, classes = readers.list_image_folder(readers.folder_split(path, split), classes)
-    size = readers.image_size(files[0])
-    if max(size) > SMALL_IMAGE_MAX:
+    chosen, size = choose_pipeline(path, pipeline)
+    if chosen == "stream":
         return StreamingFolder(files, labels, classes, image_size, train=split == "train")
-    stats = [f.stat() for f in files]
-    key = hashlib.sha1(f"{path.resolve()}|{split}|{len(files)}|{sum(s.st_size for s in stats)}|"
-                       f"{max(s.st_mtime_ns for s in stats)}|{size}".encode()).hexdigest()[:16]
-    cache = cache_dir / "imagefolder" / f"{path.name}-{split}-{key}.npz"
+    # The cache key covers every file's name, label, size and modification time: any change refreshes it.
+    h = hashlib.sha1(f"{path.resolve()}|{split}|{size}|{','.join(classes)}".encode())
+    for f, label in zip(files, labels):
+        st = f.stat()
+        h.update(f"{f.relative_to(path)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    cache = cache_dir / "imagefolder" / f"{path.name}-{split}-{h.hexdigest()[:16]}.npz"
     if cache.resolve().is_relative_to(path.resolve()):
         raise PnnhError(f"the cache folder {cache_dir} is inside the data folder {path}: choose another --cache-dir")
     if cache.exists():
         try:
             arrays = readers.read_npz(cache)
-            return ImageArrays(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), classes)
-        except (OSError, ValueError, KeyError):
-            print(f"cache {cache} is unreadable; decoding again", file=sys.stderr)
-    print(f"decoding {len(files)} images of {path / split} once; cache: {cache}", file=sys.stderr)
-    images = readers.decode_all(files, size)
+            check_arrays(arrays["images"], arrays["labels"], classes, f"cache {cache}")
+            if arrays["images"].shape[1:3] == (size[1], size[0]) and len(arrays["labels"]) == len(files):
+                return ImageArrays(torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), classes)
+        except (OSError, ValueError, KeyError, PnnhError):
+            pass
+        log.warning(f"cache {cache} is unreadable or stale; decoding again")
+    log.info(f"decoding {len(files)} images of {path / split} once; cache: {cache}")
+    # auto decodes only a folder whose sampled images share one size; every other image must too
+    images = readers.decode_all(files, size, strict=pipeline == "auto")
+    check_arrays(images, labels, classes, f"image folder {path / split}")
     readers.write_npz_atomic(cache, images=images, labels=labels)
     return ImageArrays(torch.from_numpy(images.copy()), torch.from_numpy(labels), classes)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PnnhError
+from ..progress import log
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
@@ -52,7 +53,10 @@ class _CifarUnpickler(pickle.Unpickler):
 def _load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return _CifarUnpickler(f, encoding="bytes").load()
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+        if not isinstance(obj, dict):
+            raise TypeError(f"a {type(obj).__name__}, not a dict")
+        return obj
     except FileNotFoundError:
         raise PnnhError(f"{path} is missing: point --data-dir at the folder that holds it, or pass --download") from None
     except Exception as e:  # truncated, corrupt or hostile
@@ -74,13 +78,24 @@ def read_cifar(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.nd
     for file in spec[split]:
         batch = _load_pickle(root / file)
         try:
-            data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            images.append(data.transpose(0, 2, 3, 1))
-            labels.append(np.asarray(batch[spec["labels"]], dtype=np.int64))
-        except (KeyError, ValueError) as e:
+            data, batch_labels = batch[b"data"], np.asarray(batch[spec["labels"]])
+            if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+                    and data.shape[1] == 3 * 32 * 32):
+                raise ValueError(f"data is {getattr(data, 'dtype', type(data).__name__)} "
+                                 f"{getattr(data, 'shape', '')}, not uint8 (N, 3072)")
+            if batch_labels.ndim != 1 or len(batch_labels) != len(data) or batch_labels.dtype.kind not in "iu":
+                raise ValueError(f"{len(data)} images but labels of shape {batch_labels.shape} "
+                                 f"({batch_labels.dtype})")
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(batch_labels.astype(np.int64))
+        except (KeyError, ValueError, TypeError, IndexError) as e:
             raise PnnhError(f"{root / file} is not a {name} batch ({e}); fetch the data set again (--download)") from None
     meta = _load_pickle(root / spec["meta"])
-    classes = [c.decode() for c in meta[spec["names"]]]
+    try:
+        classes = [c.decode() for c in meta[spec["names"]]]
+    except (KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise PnnhError(f"{root / spec['meta']} has no class names ({type(e).__name__}); fetch the data set "
+                        f"again (--download)") from None
     return np.concatenate(images), np.concatenate(labels), classes
 
 
@@ -136,7 +151,7 @@ def download_idx(name: str, dest: Path) -> None:
     base, files = IDX_DOWNLOADS[name]
     for file, md5 in files.items():
         if not (dest / file).exists():
-            print(f"downloading {base}{file}", file=sys.stderr)
+            log.info(f"downloading {base}{file}")
             download(base + file, md5, dest / file)
 
 
@@ -149,7 +164,7 @@ def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
         raise PnnhError(f"{path} is not an IDX file of {expected_dims} dimension(s) of uint8; fetch it again")
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(expected_dims))
     body = raw[4 + 4 * expected_dims:]
-    if len(body) != int(np.prod(shape)):
+    if len(body) != math.prod(shape):
         raise PnnhError(f"{path} is truncated: header says {shape}, body has {len(body)} bytes; fetch it again")
     return np.frombuffer(body, dtype=np.uint8).reshape(shape).copy()
 
@@ -221,18 +236,21 @@ def list_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
     return files, np.asarray(labels, dtype=np.int64), classes
 
 
-def decode_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An RGB uint8 array (H, W, 3); resized to ``size`` (W, H) when given."""
+def decode_image(path: Path, size: tuple[int, int] | None = None, strict: bool = False) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3); resized to ``size`` (W, H) when given, or refused if ``strict``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
+            if size is not None and img.size != size and strict:
+                raise PnnhError(f"{path} is {img.size[0]}x{img.size[1]}, the folder's other images "
+                                f"{size[0]}x{size[1]}: choose --image-pipeline memory (resize all) or stream")
             img = img.convert("RGB")
             if size is not None and img.size != size:
                 img = img.resize(size, Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise PnnhError(f"cannot decode {path} ({e}): remove or replace the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise PnnhError(f"cannot decode {path} ({' '.join(str(e).split())[:200]}): remove or replace the file") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -241,25 +259,42 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as e:
-        raise PnnhError(f"cannot decode {path} ({e}): remove or replace the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise PnnhError(f"cannot decode {path} ({' '.join(str(e).split())[:200]}): remove or replace the file") from None
 
 
-def _decode_chunk(args: tuple[list[str], tuple[int, int]]) -> bytes:
-    paths, size = args
-    return b"".join(decode_image(Path(p), size).tobytes() for p in paths)
+def _decode_chunk(args: tuple[list[str], tuple[int, int], bool]) -> bytes | str:
+    """The chunk's pixels, or the error message of its first bad file (errors cross the process boundary as text)."""
+    paths, size, strict = args
+    try:
+        return b"".join(decode_image(Path(p), size, strict).tobytes() for p in paths)
+    except PnnhError as e:
+        return str(e)
 
 
-def decode_all(files: list[Path], size: tuple[int, int], workers: int = 2) -> np.ndarray:
-    """Decode every file into one (N, H, W, 3) array, in worker processes."""
+def decode_all(files: list[Path], size: tuple[int, int], workers: int = 2, strict: bool = False) -> np.ndarray:
+    """Decode every file into one (N, H, W, 3) array, in worker processes, with a progress bar."""
     import multiprocessing as mp
 
-    chunks = [([str(p) for p in files[i:i + 2000]], size) for i in range(0, len(files), 2000)]
-    if workers > 1 and len(chunks) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:  # workers only run Pillow and numpy
-            parts = pool.map(_decode_chunk, chunks)
-    else:
-        parts = [_decode_chunk(c) for c in chunks]
+    from ..progress import bar
+
+    chunk = 500
+    chunks = [([str(p) for p in files[i:i + chunk]], size, strict) for i in range(0, len(files), chunk)]
+    parts = []
+    with bar(total=len(files), desc="decoding", unit="img") as progress:
+        if workers > 1 and len(chunks) > 1:
+            with mp.get_context("fork").Pool(workers) as pool:  # workers only run Pillow and numpy
+                results = pool.imap(_decode_chunk, chunks)
+                for (paths, _, _), part in zip(chunks, results):
+                    parts.append(part)
+                    progress.update(len(paths))
+        else:
+            for c in chunks:
+                parts.append(_decode_chunk(c))
+                progress.update(len(c[0]))
+    for part in parts:
+        if isinstance(part, str):
+            raise PnnhError(part)
     w, h = size
     return np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(files), h, w, 3)
 
@@ -270,9 +305,8 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..io import write_atomic
+
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())

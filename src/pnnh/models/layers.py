@@ -69,12 +69,22 @@ class TiedCoder(nn.Module):
     def code_channels(self) -> int:
         return self.weight.shape[0]
 
+    @property
+    def is_identity(self) -> bool:
+        """E^T E = I for the whole of training: a frozen, square, orthogonal E (a tied coder of full width)."""
+        return type(self) is TiedCoder and not isinstance(self.weight, nn.Parameter) \
+            and self.weight.shape[0] == self.weight.shape[1] and self.stride == 1
+
     def path(self, x: torch.Tensor) -> torch.Tensor:
         """decode(act(u) - act(-u)) with u = E x, as 1x1 convs.
 
         act(u) - act(-u) = u exactly for ReLU, GELU and SiLU, and decode is linear, so the
         path is D (E x); ``to_plain`` writes out the literal [act(u), act(-u)] channels instead.
+        Where D E = E^T E is the identity (``is_identity``) the training graph computes x itself:
+        the parity tests against ``to_plain``, which writes E, -E and E^T out, are the proof.
         """
+        if self.is_identity:
+            return x
         decode, bias = self.decode_affine()
         out = linear_path(x, self.weight, decode, self.stride)
         return out if bias is None else out + bias[None, :, None, None]

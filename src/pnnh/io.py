@@ -1,0 +1,87 @@
+"""The one writer of files: atomic, strict JSON, and failures as one-line errors.
+
+Every file pnnh writes (checkpoints, metrics, reports, caches, plots) goes through
+``write_atomic``: the bytes go to a hidden temporary file beside the target, which
+is renamed over it only once it is complete. A crash or a full disk never leaves
+half a file under the real name, and the temporary file is removed on every
+failure path, so a full disk is not kept full by pnnh's own leftovers.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import PnnhError
+
+_CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied"}
+
+
+def describe_os_error(e: OSError) -> str:
+    return _CAUSES.get(e.errno, e.strerror or type(e).__name__)
+
+
+def make_dir(path: Path) -> Path:
+    """``mkdir -p`` with a one-line error (read-only, permission, a file in the way)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise PnnhError(f"cannot create folder {path}: a file of that name is in the way") from None
+    except OSError as e:
+        raise PnnhError(f"cannot create folder {path}: {describe_os_error(e)}") from None
+    return path
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+    path = Path(path)
+    make_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise PnnhError(f"cannot write {path}: {describe_os_error(e)}; free space or choose another "
+                        f"--output") from None
+
+
+def finite_or_none(obj):
+    """``obj`` with every NaN or infinity replaced by None, so that it is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj, indent: int | None = 2) -> str:
+    """Strict JSON (RFC 8259): non-finite numbers become null rather than the bare NaN parsers reject."""
+    return json.dumps(finite_or_none(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_atomic(path, dumps(obj) + "\n")
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """A matplotlib figure as PNG, written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    write_atomic(path, buf.getvalue())
+    return Path(path)
