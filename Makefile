@@ -1,10 +1,12 @@
-# Two commands: `make demo` (the main job) and `make test`. Both set themselves up in .venv.
+# Two commands: `make demo` (the main job) and `make test`. Both set themselves up: a .venv with torch (CPU)
+# and pnnh, and Debian's Fashion-MNIST where apt-get can install it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup test demo clean
+.PHONY: setup data test demo soak clean
 
 $(BIN)/pnnh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,20 +16,33 @@ $(BIN)/pnnh: pyproject.toml
 
 setup: $(BIN)/pnnh
 
-test: setup
+# Debian ships the official Fashion-MNIST files (the tests and the demo read them; MD5-checked on read).
+data:
+	@if [ ! -d $(FASHION_MNIST) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "note: $(FASHION_MNIST) is missing and apt-get cannot install it here (needs root):"; \
+	    echo "      sudo apt-get install dataset-fashion-mnist, or the Fashion-MNIST tests fail"; \
+	  fi; \
+	fi
+
+test: setup data
 	$(BIN)/python -m pytest -q
 
 # The main job: resnet56 in the three kinds, 2 seeds, side by side on Fashion-MNIST (about 5 minutes on 2 cores).
 DEMO_OUT ?= reports/demo
-demo: setup
-	@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  echo "installing Debian's dataset-fashion-mnist"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
-	  || echo "apt-get failed; pnnh will download the official Fashion-MNIST files"; fi
+demo: setup data
 	$(BIN)/pnnh compare --model resnet56 --kinds residual,plain,pnnh --data fashion-mnist --download \
 	  --train-subset 2000 --test-subset 1000 --epochs 3 --batch-size 32 --lr 0.05 --sched onecycle \
 	  --seeds 2 --workers 0 --output $(DEMO_OUT)
 	@echo "report: $(DEMO_OUT)/report.md (results.json and plots beside it)"
+
+# Kill-and-resume soak (not part of the tests): SIGKILL a training at random points for SOAK_SECONDS.
+SOAK_SECONDS ?= 600
+soak: setup data
+	$(BIN)/python tests/kill_loop.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

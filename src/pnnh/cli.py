@@ -66,7 +66,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         elif isinstance(default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            kind = {"int | None": int, "str | None": str}.get(str(f.type), type(default) if default is not None else str)
+            kind = {"int": int, "float": float, "str": str}[str(f.type).removesuffix(" | None")]
             p.add_argument(flag, type=kind, default=default, help=help_text)
 
 
@@ -125,8 +125,12 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> set[
     if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
         raise PnnhError(f"config {known.config} must be a mapping of option: value")
     values = {k.replace("-", "_"): v for k, v in values.items()}
-    if isinstance(values.get("model_kwargs"), dict):
-        values["model_kwargs"] = [f"{k}={v}" for k, v in values["model_kwargs"].items()]
+    if "model_kwargs" in values:
+        options = values["model_kwargs"]
+        if isinstance(options, dict):
+            values["model_kwargs"] = [f"{k}={v}" for k, v in options.items()]
+        elif not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+            raise PnnhError(f"config {known.config}: model_kwargs must be a mapping of option: value")
     known_dests = {a.dest for a in sub._actions} - {"help", "config"}
     unknown = sorted(set(values) - known_dests)
     if unknown:

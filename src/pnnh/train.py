@@ -400,7 +400,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     def check_finite(where: str) -> None:
         """Refuse to go on (or to save) once the loss, the gradient norm or a weight is not finite."""
         bad = int(first_bad.item())
-        if bad < 0 and not bool(torch.stack([p.isfinite().all() for p in raw_model.parameters()]).all()):
+        state = [t for t in raw_model.state_dict().values() if t.is_floating_point()]  # weights and BN statistics
+        if bad < 0 and not bool(torch.stack([t.isfinite().all() for t in state]).all()):
             bad = steps_done
         if dist_info.enabled:
             bad = int(distributed.all_reduce_max([bad], device)[0])

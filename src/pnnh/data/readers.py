@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,28 @@ CIFAR = {
                  "md5": "eb9058c3a382ffc7106e4002c42a8d85", "train": ["train"], "test": ["test"],
                  "labels": b"fine_labels", "meta": "meta", "names": b"fine_label_names"},
 }
+# MD5s of the official release's files once unpacked: pixels carry no checksum of their own, so a file
+# that differs from these is reported (it may be a deliberate copy, but its numbers are not CIFAR's).
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888", "train": "16019d7e3df5f24257cddd939b257f8d",
+    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc", "meta": "7973b15100ade9c7d40fb424638fde48",
+}
+
+
+def warn_if_not_official(path: Path, md5: str | None) -> None:
+    """Log a warning when a file of an official data set does not have the official MD5."""
+    if md5 is None:
+        return
+    try:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+    except OSError:
+        return  # the reader itself reports unreadable files
+    if digest != md5:
+        log.warning(f"warning: {path} is not the official file (MD5 {digest}, official {md5}): it loads, but "
+                    f"numbers measured on it are not numbers on the official data set")
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -75,6 +98,8 @@ def read_cifar(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.nd
     if not root.is_dir():
         raise PnnhError(f"no {spec['folder']} folder under {data_dir}: pass --download, or --data-dir pointing at it")
     images, labels = [], []
+    for file in [*spec[split], spec["meta"]]:
+        warn_if_not_official(root / file, OFFICIAL_MD5.get(file))
     for file in spec[split]:
         batch = _load_pickle(root / file)
         try:
@@ -158,7 +183,7 @@ def download_idx(name: str, dest: Path) -> None:
 def _read_idx(path: Path, expected_dims: int) -> np.ndarray:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise PnnhError(f"{path} is truncated or not gzip ({e}); fetch the file again") from None
     if len(raw) < 4 + 4 * expected_dims or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != expected_dims:
         raise PnnhError(f"{path} is not an IDX file of {expected_dims} dimension(s) of uint8; fetch it again")
