@@ -108,3 +108,20 @@ def test_compare_cli_variants(tmp_path: Path) -> None:
                                                                    ("pnnh", "learner_ratio=0.5")]
     assert out["command"].startswith("pnnh compare --model resnet20")
     assert_one_line_error(run_cli("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
+
+
+def test_bench_plain_form_entries_are_inference_only() -> None:
+    from pnnh.bench import bench
+
+    entries = parse_entries("resnet20:pnnh,resnet20:pnnh:plain_form,resnet20:plain:learner_ratio=0.5:plain_form")
+    assert [e.label for e in entries] == ["resnet20:pnnh", "resnet20:pnnh:plain_form",
+                                          "resnet20:plain:learner_ratio=0.5:plain_form"]
+    out = bench(entries, batch_size=4, repeats=1, steps=1, warmup=1)
+    pnnh_row, plain_form, thin = out["entries"]
+    assert pnnh_row["train_img_s"] > 0 and plain_form["train_img_s"] is None and plain_form["ratio_train"] is None
+    assert plain_form["infer_img_s"] > 0 and plain_form["ratio_infer"] == pytest.approx(
+        plain_form["infer_img_s"] / pnnh_row["infer_img_s"])
+    # the plain chain carries the code as 2K extra channels: more parameters than the pnnh model
+    assert plain_form["params"] > pnnh_row["params"] and plain_form["plain_form"]
+    with pytest.raises(pnnh.PnnhError, match="no plain form"):
+        parse_entries("resnet20:residual:plain_form")

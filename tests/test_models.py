@@ -225,3 +225,27 @@ def test_cli_models_json() -> None:
 
 def test_cli_bad_pattern_is_one_line() -> None:
     assert_one_line_error(run_cli("models", "nosuchnet*"), "no model matches")
+
+
+@pytest.mark.parametrize("options,identity", [({}, True), ({"coder_share": "block"}, True),
+                                              ({"coder": "learned"}, False), ({"code_ratio": 0.5}, False),
+                                              ({"code_ratio": 2.0}, True), ({"code_ratio": 0.9}, False)])
+def test_identity_path_exactly_where_the_coder_is_the_identity(options: dict, identity: bool) -> None:
+    """The training graph computes x itself only for a frozen E with orthonormal columns (E^T E = I);
+    every other coder keeps its map. to_plain, which writes E, -E and E^T out, must agree either way."""
+    model = pnnh.create_model("resnet20", kind="pnnh", **options).double()
+    tied = [b.coder for b in model.blocks if type(b.coder) is TiedCoder]
+    projections = [b.coder for b in model.blocks if isinstance(b.coder, ProjectionCoder)]
+    assert tied and projections and not any(c.is_identity for c in projections)
+    assert all(c.is_identity == identity for c in tied)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    coder = tied[0]
+    assert (coder.path(x) is x) == identity
+    e = coder.encode_matrix()
+    if identity:  # the shortcut is valid because E^T E is the identity (to the float32 rounding of E's init)
+        torch.testing.assert_close(e.t() @ e, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-6)
+    else:
+        torch.testing.assert_close(coder.path(x), torch.einsum("oc,bchw->bohw", e.t() @ e, x))
+    randomise_batchnorm(model)
+    model.eval()
+    _check_parity(model, pnnh.to_plain(model), torch.randn(2, 3, 32, 32, dtype=torch.float64))

@@ -71,9 +71,10 @@ class TiedCoder(nn.Module):
 
     @property
     def is_identity(self) -> bool:
-        """E^T E = I for the whole of training: a frozen, square, orthogonal E (a tied coder of full width)."""
+        """E^T E = I for the whole of training: a frozen E with orthonormal columns (a tied coder at least as
+        wide as the block; a narrower code is a rank-limited projection, a learned E drifts)."""
         return type(self) is TiedCoder and not isinstance(self.weight, nn.Parameter) \
-            and self.weight.shape[0] == self.weight.shape[1] and self.stride == 1
+            and self.weight.shape[0] >= self.weight.shape[1] and self.stride == 1
 
     def path(self, x: torch.Tensor) -> torch.Tensor:
         """decode(act(u) - act(-u)) with u = E x, as 1x1 convs.

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# CPU throughput of the kinds (issue: performance): pnnh bench at depth 20, 56, 110 and batch 64, 128
+# (medians of 5 interleaved repeats), the plain form's inference at batch 1 and 64, and the CPU settings
+# (bf16, channels-last, compile) side by side. JSON in benchmarks/results/throughput/.
+# THREADS=1 runs each process on one thread (as when another job holds the other core).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=benchmarks/results/throughput
+mkdir -p "$OUT"
+PNNH=${PNNH:-.venv/bin/pnnh}
+export OMP_NUM_THREADS=${THREADS:-2}
+for depth in 20 56 110; do
+  m=resnet$depth
+  for batch in 64 128; do
+    "$PNNH" bench --models "$m:residual,$m:plain,$m:pnnh,$m:pnnh:learner_ratio=0.5,$m:pnnh:plain_form" \
+      --batch-size $batch --repeats 5 --json > "$OUT/${m}_b${batch}.json"
+  done
+done
+"$PNNH" bench --models resnet56:residual,resnet56:pnnh,resnet56:pnnh:plain_form,resnet56:plain,resnet56:plain:plain_form \
+  --batch-size 1 --repeats 5 --steps 20 --json > "$OUT/resnet56_b1.json"
+.venv/bin/python benchmarks/cpu_settings.py --model resnet56 --kinds residual,pnnh --batch-size 32 --rounds 3 \
+  --steps 2 --compile > "$OUT/cpu_settings_resnet56.json"
