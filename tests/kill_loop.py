@@ -44,7 +44,7 @@ def reference_run(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_readable(out: Path) -> None:
-    for name in ("last.pt", "best.pt"):
+    for name in ("last.pt", "best.safetensors"):
         if (out / name).exists():
             load_checkpoint(out / name)  # raises on a damaged file
 

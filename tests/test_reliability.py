@@ -72,7 +72,7 @@ def test_resume_continues_exactly_that_run_and_refuses_other_settings(tmp_path: 
     assert forked.returncode == 0, forked.stderr
     assert _files(a) == before
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
-    line = cli_error(capsys, "train", "--resume", tmp_path / "b" / "best.pt")
+    line = cli_error(capsys, "train", "--resume", tmp_path / "b" / "best.safetensors")
     assert "holds weights only" in line and "last.pt" in line
     line = cli_error(capsys, "train", "--resume", a / "last.pt", "--output", tmp_path / "b")
     assert "already holds a run" in line
@@ -111,7 +111,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path: Path
     assert result.stdout == ""
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: training diverged") and "epoch 1, step" in last and "Traceback" not in result.stderr
-    for name in ("last.pt", "best.pt"):
+    for name in ("last.pt", "best.safetensors"):
         if (run / name).exists():
             state = load_checkpoint(run / name)["model"]
             assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -41,7 +41,7 @@ def test_resnet20_learns_cifar10_in_one_epoch(cifar_jpeg: Path, tmp_path: Path) 
     assert {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "img_per_s", "lr", "seconds"} <= set(rows[0])
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")
     assert json.loads((run / "config.json").read_text())["train_subset"] == 1000
-    assert (run / "last.pt").exists() and (run / "best.pt").exists()
+    assert (run / "last.pt").exists() and (run / "best.safetensors").exists()
 
 
 def test_resnet20_learns_fashion_mnist_in_one_epoch(tmp_path: Path) -> None:

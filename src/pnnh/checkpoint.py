@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -54,15 +55,55 @@ def save_atomic(obj: dict, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint written by ``pnnh train`` (or a bare state_dict, as ``{"model": state_dict}``).
+SAFETENSORS_FORMAT = "pnnh-weights-v1"
 
-    ``weights_only=True``: tensors, numbers, strings and containers only, so a hostile file cannot run code.
-    A pnnh checkpoint whose contents do not match its checksum is refused.
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Weights that leave a run (best weights, exports) as safetensors: no pickle, the model's config and
+    anything else in ``metadata`` as JSON strings in the header, and a SHA-256 of the tensors."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().clone() for k, v in state.items()}  # clone: safetensors refuses shared storage
+    header = {"format": SAFETENSORS_FORMAT, "sha256": digest(state),
+              **{k: json.dumps(v, allow_nan=False) for k, v in metadata.items()}}
+    write_atomic(path, save(state, metadata=header))
+
+
+def _load_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        raw = path.read_bytes()
+        state = load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as e:
+        raise PnnhError(f"cannot load {path}: not a safetensors file, or truncated ({str(e)[:200]})") from None
+    if header.get("format") != SAFETENSORS_FORMAT:
+        return {"model": state}  # someone else's safetensors: weights only
+    if header.get("sha256") != digest(state):
+        raise PnnhError(f"{path} is corrupt: its tensors do not match their checksum; export or train again")
+    try:
+        extra = {k: json.loads(v) for k, v in header.items() if k not in ("format", "sha256")}
+    except ValueError:
+        raise PnnhError(f"{path} is corrupt: its metadata is not JSON") from None
+    return {**extra, "model": state}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint written by ``pnnh train`` (``last.pt``), weights (``best.safetensors``, exports), or a
+    bare state_dict (returned as ``{"model": state_dict}``).
+
+    ``.pt`` files are read with ``weights_only=True``: tensors, numbers, strings and containers only, so a
+    hostile file cannot run code; ``.safetensors`` hold no code at all. Contents that do not match their
+    checksum are refused.
     """
     path = Path(path)
     if not path.is_file():
         raise PnnhError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -75,7 +116,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         stored = obj.pop("checksum", None)
         if stored != digest(obj):
             raise PnnhError(f"checkpoint {path} is corrupt: its contents do not match its checksum; "
-                            f"use another checkpoint of the run (last.pt, best.pt) or train again")
+                            f"use another checkpoint of the run (last.pt, best.safetensors) or train again")
         return obj
     if obj.get("format") in OLD_FORMATS:
         return obj
@@ -116,7 +157,7 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained model of a checkpoint (``last.pt``, ``best.pt``) or export, in eval mode.
+    """The trained model of a checkpoint (``last.pt``, ``best.safetensors``) or export, in eval mode.
 
     Its ``pretrained_cfg`` holds the ``model_config``: input size, mean and std, class names.
     """
@@ -130,7 +171,11 @@ def model_from_checkpoint(checkpoint: dict, path: str | Path, device: str | torc
         raise PnnhError(f"{path} does not record how to build its model (a bare state dict, or a checkpoint from "
                         f"pnnh 0.1): build it with create_model(...) and load_state_dict")
     with torch.device("meta"):
-        model = build_model(config)
+        if checkpoint.get("plain_layers"):  # an export's plain chain
+            from .convert import chain_from_spec
+            model = chain_from_spec(checkpoint["plain_layers"])
+        else:
+            model = build_model(config)
     model = model.to_empty(device=device)
     load_model_state(model, checkpoint["model"], path)
     model.pretrained_cfg = config

@@ -48,6 +48,10 @@ TRAIN_HELP = {
     "sched": "cosine | step | onecycle | constant", "amp": "none | bf16 | fp16 (autocast)",
     "output": "run folder (default runs/<model>-<kind>-seed<seed>; compare: reports/<model>-<data>)",
     "stop_after_steps": "stop as if interrupted after N steps (checkpoint, exit 130): to test --resume",
+    "log": "none | tensorboard: per-epoch metrics and lr as TensorBoard events in <output>/tensorboard",
+    "image_pipeline": "image folders: auto (by image size; mixed sizes refused) | memory | stream",
+    "checkpoint_every": "also write last.pt every N optimiser steps", "clip_grad": "clip the gradient norm to this",
+    "checkpoint_minutes": "write last.pt at least this often during an epoch (0: off)",
 }
 
 
@@ -234,6 +238,29 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"{cfg.model} ({cfg.kind}) on {args.data}: top-1 {100 * result['top1']:.2f}%  "
               f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  "
               f"{result['img_per_s']:,.0f} img/s  ({result['images']} images)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .export import export_model
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    if not (args.tolerance > 0) or args.batch_size < 1:
+        raise PnnhError("--tolerance must be positive and --batch-size at least 1")
+    out = args.output or Path(args.checkpoint).parent / "export"
+    report = export_model(args.checkpoint, out, formats, args.batch_size, args.tolerance)
+    if args.json:
+        print(dumps(report))
+    else:
+        for name, err in report["parity"].items():
+            print(f"{name:<12} max |difference| / max |output| = {err:.2e}  "
+                  f"({'ok' if err <= args.tolerance else 'FAILED'}, tolerance {args.tolerance:g})")
+        print(f"parameters: {report['params_original']:,} -> {report['params_exported']:,}"
+              f"{' (plain form)' if report['plain_form'] else ''}; files in {out}")
+    if not report["passed"]:
+        failed = [k for k, v in report["parity"].items() if v > args.tolerance]
+        raise PnnhError(f"export parity failed for {', '.join(failed)} (above {args.tolerance:g}); see {out}/export.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -424,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="a trained model's deployable forms (the plain chain of a pnnh/plain model): "
+                       "safetensors, torch.export, ONNX, each checked against the original")
+    p.add_argument("checkpoint", help="last.pt or best.safetensors of a run")
+    p.add_argument("--output", help="folder for the files (default: <checkpoint's folder>/export)")
+    p.add_argument("--formats", default="safetensors,pt2,onnx", help="any of safetensors, pt2, onnx")
+    p.add_argument("--batch-size", type=int, default=8, help="inputs of the parity check")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest max |diff| / max |output| accepted")
+    p.add_argument("--json", action="store_true", help="print the report as JSON only")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="training and inference throughput side by side, interleaved")
     p.add_argument("--models", default="resnet56:residual,resnet56:plain,resnet56:pnnh",

@@ -115,3 +115,51 @@ def _block_layers(block: Block) -> list[nn.Module]:
         act = layer.act if i < last else block.act
         layers += [_conv(layer.conv, weight, bias), copy.deepcopy(act)]
     return layers
+
+
+def chain_spec(chain: nn.Sequential) -> list[dict]:
+    """The plain chain's layers as JSON-able dicts: what an export stores so the chain can be rebuilt
+    from its weights without pickle (``chain_from_spec``)."""
+    spec = []
+    for m in chain:
+        if isinstance(m, nn.Conv2d):
+            spec.append({"type": "Conv2d", "in": m.in_channels, "out": m.out_channels, "kernel": list(m.kernel_size),
+                         "stride": list(m.stride), "padding": list(m.padding), "groups": m.groups})
+        elif isinstance(m, nn.Linear):
+            spec.append({"type": "Linear", "in": m.in_features, "out": m.out_features})
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            spec.append({"type": type(m).__name__, "kernel": m.kernel_size, "stride": m.stride, "padding": m.padding,
+                         "ceil_mode": m.ceil_mode})
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            spec.append({"type": "AdaptiveAvgPool2d", "output_size": m.output_size})
+        elif isinstance(m, (nn.ReLU, nn.GELU, nn.SiLU, nn.Flatten)):
+            spec.append({"type": type(m).__name__})
+        else:
+            raise PnnhError(f"chain_spec: no spec for {type(m).__name__}")
+    return spec
+
+
+def chain_from_spec(spec: list[dict]) -> nn.Sequential:
+    """The ``nn.Sequential`` a ``chain_spec`` describes (weights uninitialised: load them after)."""
+    try:
+        return nn.Sequential(*[_layer(s) for s in spec])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise PnnhError(f"the plain chain's layer spec is damaged ({type(e).__name__}: {e}); export it again") from None
+
+
+def _layer(s: dict) -> nn.Module:
+    simple = {"ReLU": nn.ReLU, "GELU": nn.GELU, "SiLU": nn.SiLU, "Flatten": nn.Flatten}
+    kind = s.get("type")
+    if kind == "Conv2d":
+        return nn.Conv2d(s["in"], s["out"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["padding"]),
+                         groups=s["groups"], bias=True)
+    if kind == "Linear":
+        return nn.Linear(s["in"], s["out"])
+    if kind in ("MaxPool2d", "AvgPool2d"):
+        return getattr(nn, kind)(s["kernel"], s["stride"], s["padding"], ceil_mode=s["ceil_mode"])
+    if kind == "AdaptiveAvgPool2d":
+        return nn.AdaptiveAvgPool2d(s["output_size"])
+    if kind in simple:
+        return simple[kind]()
+    raise PnnhError(f"unknown layer type {kind!r} in a plain chain's spec")
+

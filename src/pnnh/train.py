@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed
-from .checkpoint import build_model, load_checkpoint, load_model_state, model_config, save_atomic
+from .checkpoint import build_model, load_checkpoint, load_model_state, model_config, save_atomic, save_weights
 from .data import load_dataset, make_loader
 from .data.loader import channel_stats
 from .errors import PnnhError
@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 4
     output: str | None = None         # run folder; default runs/<model>-<kind>-seed<seed>
+    log: str = "none"                 # none | tensorboard (per-epoch metrics and lr, beside metrics.jsonl)
     checkpoint_every: int = 0         # also write last.pt every N steps (0: only by time and at epoch ends)
     checkpoint_minutes: float = 10.0  # write last.pt at least this often during an epoch (0: off)
     stop_after_steps: int | None = None  # behave as if interrupted after this many steps (for testing resume)
@@ -95,7 +96,8 @@ class TrainConfig:
 
 
 CHOICES = {"opt": ("sgd", "adamw"), "sched": ("cosine", "step", "onecycle", "constant"),
-           "amp": ("none", "bf16", "fp16"), "image_pipeline": ("auto", "memory", "stream")}
+           "amp": ("none", "bf16", "fp16"), "image_pipeline": ("auto", "memory", "stream"),
+           "log": ("none", "tensorboard")}
 RANGES = {
     "epochs": (lambda v: v >= 1, "at least 1"), "batch_size": (lambda v: v >= 1, "at least 1"),
     "lr": (lambda v: v > 0, "positive"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -108,7 +110,7 @@ RANGES = {
     "checkpoint_every": (lambda v: v >= 0, "0 or more"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
 }
 # What a resumed run (or a compare reusing a run) may differ in: where and how it runs, not what it computes.
-RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps")
+RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps", "log")
 _TYPE_WORDS = {"int": "an integer", "int | None": "an integer", "float": "a finite number",
                "float | None": "a finite number", "str": "a string", "str | None": "a string",
                "bool": "true or false", "dict": "a mapping of option: value"}
@@ -288,6 +290,15 @@ def make_loaders(cfg: TrainConfig, splits: dict, device: torch.device, dist_info
     return loaders
 
 
+def tensorboard_writer(run_dir: Path, epoch: int):
+    """A SummaryWriter in <run>/tensorboard; on resume, events after ``epoch`` are purged (TensorBoard's way)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise PnnhError("--log tensorboard needs TensorBoard: pip install 'pnnh[tensorboard]'") from None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=epoch + 1 if epoch else None)
+
+
 def _resume_state(cfg: TrainConfig, resume: str | Path, given: set[str] | None) -> tuple[TrainConfig, dict]:
     """The checkpoint to continue and the config to continue it with: the checkpoint's own, where
     ``cfg`` may differ only in RESUME_SAFE keys (anything else is refused, naming the keys).
@@ -386,6 +397,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
             stale.unlink(missing_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
 
+    board = tensorboard_writer(run_dir, epoch) if cfg.log == "tensorboard" and dist_info.is_main else None
     raw_model = model
     if dist_info.enabled:
         model = nn.parallel.DistributedDataParallel(
@@ -393,7 +405,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     forward = torch.compile(model) if cfg.compile else model
 
     def weights() -> dict:
-        """What eval, the probe and load_model need: the weights, how to rebuild the model, the run's config."""
+        """What resume, eval, the probe and load_model need: weights, how to rebuild the model, the run's config."""
         return {"config": asdict(cfg), "model_config": spec, "model": raw_model.state_dict(), "data_stats": stats,
                 "classes": train_set.classes}
 
@@ -503,9 +515,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
             epoch, step_in_epoch, partial = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
             if result["top1"] >= best_acc and dist_info.is_main:
                 best_acc = result["top1"]
-                save_atomic({**weights(), "epoch": epoch, "test_acc": best_acc}, run_dir / "best.pt")
+                save_weights(run_dir / "best.safetensors", raw_model.state_dict(),
+                             {"model_config": spec, "config": asdict(cfg), "epoch": epoch, "test_acc": best_acc})
             if dist_info.is_main:
                 write_metrics(run_dir, history)
+            if board is not None:
+                for key, value in history[-1].items():
+                    if key != "epoch":
+                        board.add_scalar(key, value, epoch)
+                board.flush()
             save(epoch, 0, torch.zeros(3, dtype=torch.float64), 0.0)
             last_save = time.monotonic()
             if stop["signal"] is not None and epoch < cfg.epochs:
@@ -513,6 +531,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if board is not None:
+            board.close()
     if dist_info.is_main:
         write_metrics(run_dir, history)
     return {"run_dir": str(run_dir), "history": history, "best_acc": best_acc,

@@ -47,18 +47,25 @@ def check_kind(kind: str) -> None:
         raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
 
-def create_model(name: str, kind: str = "residual", **kwargs) -> nn.Module:
+def create_model(name: str, kind: str = "residual", checkpoint_path: str | None = None, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``create_model("resnet56", kind="pnnh", learner_ratio=0.5)``.
 
     Keyword options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's
     ``coder``/``coder_share``/``code_ratio``, ...) go to the family's constructor.
+    ``checkpoint_path``: load these weights (a run's last.pt or best.safetensors) into it, as timm does;
+    ``pnnh.load_model(path)`` instead rebuilds the model a checkpoint records.
     """
     check_model_name(name)
     check_kind(kind)
     try:
-        return _MODELS[name](kind=kind, **kwargs)
+        model = _MODELS[name](kind=kind, **kwargs)
     except TypeError as e:  # an unknown keyword option
         raise PnnhError(f"bad option for {name}: {e}") from None
+    if checkpoint_path is not None:
+        from ..checkpoint import load_checkpoint, load_model_state
+
+        load_model_state(model, load_checkpoint(checkpoint_path)["model"], checkpoint_path)
+    return model
 
 
 def parse_kwargs(items: list[str]) -> dict:
