@@ -149,3 +149,20 @@ def test_cli_probe_and_theory_outputs(tmp_path: Path, cifar_jpeg: Path) -> None:
     assert (tmp_path / "theory" / "theory.png").stat().st_size > 1000
     assert_one_line_error(run_cli("probe", "--model", "resnet20", "--data", "imagefolder", "--data-dir",
                                   cifar_jpeg, "--dists-weights", tmp_path / "none.pt"), "does not exist")
+
+
+def test_probe_on_a_vit(cifar_jpeg) -> None:
+    from pnnh.analysis.probe import load_probe_images
+
+    images, _, _ = load_probe_images("imagefolder", str(cifar_jpeg), 32)
+    torch.manual_seed(0)
+    models = {kind: pnnh.create_model("vit_cifar_6", kind=kind) for kind in ("residual", "plain", "pnnh")}
+    for model in models.values():  # the same weights in all three: only what crosses a sub-layer differs
+        model.load_state_dict({**model.state_dict(), **models["residual"].state_dict()})
+    results = {kind: probe(model, images, metrics=("cka", "survival")) for kind, model in models.items()}
+    for result in results.values():  # one layer per MLP activation (GELU), tokens flattened per image
+        assert len(result["layers"]) == 6 and all(-1 <= row["cka"] <= 1 for row in result["layers"])
+    # the frozen coder computes the residual function: the same curve; plain differs
+    assert [r["cka"] for r in results["pnnh"]["layers"]] == pytest.approx(
+        [r["cka"] for r in results["residual"]["layers"]], abs=1e-4)
+    assert results["plain"]["layers"][-1]["cka"] != pytest.approx(results["residual"]["layers"][-1]["cka"], abs=1e-3)

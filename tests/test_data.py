@@ -206,3 +206,20 @@ def test_cli_data_errors(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04\x95")
     assert_one_line_error(run_cli(*common, "--data", "cifar10", "--data-dir", tmp_path), "truncated")
     assert not (tmp_path / "run").exists()
+
+
+def test_mixup_and_cutmix_on_the_batch() -> None:
+    from pnnh.data.loader import mix_batch
+
+    x = torch.randn(8, 3, 16, 16)
+    mixed, partner, lam = mix_batch(x, 0.4, 0.0, (0, 1, 2, 0))
+    assert 0 <= lam <= 1 and sorted(partner.tolist()) == list(range(8))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[partner])
+    again = mix_batch(x, 0.4, 0.0, (0, 1, 2, 0))
+    assert torch.equal(again[0], mixed) and again[2] == lam  # the same seed, the same mix
+    cut, partner, lam = mix_batch(x, 0.0, 1.0, (0, 1, 3, 0))
+    moved = partner != torch.arange(8)  # images paired with another one
+    kept = (cut[moved] == x[moved]).all(1).float().mean().item()  # fraction of pixels kept from each image
+    assert moved.any() and abs(kept - lam) < 1e-6 and lam < 1
+    assert torch.equal(cut[moved] != x[moved], (cut[moved] == x[partner][moved]) & (cut[moved] != x[moved]))
+    assert not torch.equal(mix_batch(x, 0.4, 0.0, (0, 1, 4, 0))[0], mixed)

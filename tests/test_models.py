@@ -9,12 +9,13 @@ import torch.nn as nn
 
 import pnnh
 from pnnh.convert import PLAIN_MODULE_TYPES, block_to_plain
-from pnnh.models import Block, ProjectionCoder, TiedCoder
+from pnnh.models import Block, ProjectionCoder, TiedCoder, model_info
 from pnnh.profile import count_params
 from conftest import assert_one_line_error, randomise_batchnorm, run_cli
 
 ALL = [(name, kind) for name in pnnh.list_models() for kind in pnnh.KINDS]
-NOT_RESIDUAL = [(name, kind) for name, kind in ALL if kind != "residual"]
+# each family states which kinds have a plain form and what a small test instance and input are
+PLAIN_FORM = [(name, kind) for name, kind in ALL if kind in model_info(name)["plain_form"]]
 BOTTLENECK = {"resnet50", "resnet101", "resnet152"}
 
 # He et al. 2016 (CIFAR, table 6) and torchvision's counts for the residual kind.
@@ -27,11 +28,12 @@ TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50"
 @pytest.mark.parametrize("name,kind", ALL)
 def test_forward_backward(name: str, kind: str) -> None:
     torch.manual_seed(0)
+    info = model_info(name)
     # A 1202-layer plain net's gradient grows ~1e87-fold from head to stem at initialisation (the
     # degradation the paper studies): past float32's range, so that one runs in float64.
     dtype = torch.float64 if (name, kind) == ("resnet1202", "plain") else torch.float32
-    model = pnnh.create_model(name, kind=kind, num_classes=7).to(dtype)
-    x = torch.randn(2, 3, 32, 32, dtype=dtype)
+    model = pnnh.create_model(name, kind=kind, num_classes=7, **info["test_kwargs"]).to(dtype)
+    x = torch.randn(2, *info["test_input"], dtype=dtype)
     out = model(x)
     assert out.shape == (2, 7)
     assert torch.isfinite(out).all()
@@ -84,19 +86,25 @@ def _check_parity(model: nn.Module, chain: nn.Module, x: torch.Tensor) -> None:
     assert err <= 1e-5 * max(1.0, scale), f"max |difference| {err:.3g} at output scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("name,kind", NOT_RESIDUAL)
+@pytest.mark.parametrize("name,kind", PLAIN_FORM)
 def test_to_plain_parity(name: str, kind: str) -> None:
     torch.manual_seed(0)
+    info = model_info(name)
     # A bottleneck PNNH net's plain form carries a 2C-wide code through each 3x3 conv (~0.8G
     # parameters for resnet50); its full chain is checked with a narrow code here, and the full-width
     # blocks one by one in test_to_plain_parity_full_width_bottleneck_blocks.
     kwargs = {"code_ratio": 1 / 16} if kind == "pnnh" and name in BOTTLENECK else {}
-    model = pnnh.create_model(name, kind=kind, num_classes=10, **kwargs).double()
+    model = pnnh.create_model(name, kind=kind, num_classes=10, **info["test_kwargs"], **kwargs).double()
+    # The training graph takes x itself where E^T E = I; E was drawn orthogonal in float32, so redraw it in
+    # float64, or the chain (which writes E out) differs by float32 rounding per layer (1e-5 over vit_base).
+    for m in model.modules():
+        if isinstance(m, TiedCoder) and m.is_identity:
+            nn.init.orthogonal_(m.weight)
     randomise_batchnorm(model)
     model.eval()
     chain = pnnh.to_plain(model)
     _assert_plain_chain(chain)
-    _check_parity(model, chain, torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    _check_parity(model, chain, torch.randn(2, *info["test_input"], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("name", sorted(BOTTLENECK))
@@ -195,9 +203,14 @@ def test_timm_contract() -> None:
     feats = model.forward_features(x)
     assert feats.shape == (2, 64, 8, 8)
     assert model.forward_head(feats, pre_logits=True).shape == (2, 64)
-    logits, inter = model.forward_intermediates(x)
-    assert [n for n, _ in inter] == ["stem"] + [f"blocks.{i}" for i in range(9)]
-    torch.testing.assert_close(logits, model(x))
+    final, inter = model.forward_intermediates(x)
+    assert len(inter) == 10 and inter[0].shape == (2, 16, 32, 32) and inter[-1].shape == (2, 64, 8, 8)
+    torch.testing.assert_close(final, feats)
+    torch.testing.assert_close(model.forward_head(final), model(x))
+    last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert len(last_two) == 2 and torch.equal(last_two[1], inter[-1]) and torch.equal(last_two[0], inter[-2])
+    early = model.forward_intermediates(x, indices=[0, 3], stop_early=True)
+    assert torch.equal(early[1][1], inter[3]) and early[0].shape == inter[3].shape
     model.reset_classifier(3)
     assert model(x).shape == (2, 3) and model.num_classes == 3 and model.get_classifier().out_features == 3
 
@@ -249,3 +262,57 @@ def test_identity_path_exactly_where_the_coder_is_the_identity(options: dict, id
     randomise_batchnorm(model)
     model.eval()
     _check_parity(model, pnnh.to_plain(model), torch.randn(2, 3, 32, 32, dtype=torch.float64))
+
+
+VIT_PARAMS = {"vit_tiny": 5_717_416, "vit_small": 22_050_664, "vit_base": 86_567_656}  # timm's counts, 1000 classes
+
+
+@pytest.mark.parametrize("name", sorted(VIT_PARAMS))
+def test_vit_params_match_timm(name: str) -> None:
+    with torch.device("meta"):
+        for kind in pnnh.KINDS:  # the default pnnh coder is frozen: no extra parameters
+            assert count_params(pnnh.create_model(name, kind=kind)) == VIT_PARAMS[name]
+
+
+def test_vit_kinds_differ_only_in_what_crosses_a_sub_layer() -> None:
+    torch.manual_seed(0)
+    residual = pnnh.create_model("vit_cifar_6", kind="residual")
+    pnnh_vit = pnnh.create_model("vit_cifar_6", kind="pnnh")
+    plain = pnnh.create_model("vit_cifar_6", kind="plain")
+    state = {k: v for k, v in residual.state_dict().items()}
+    pnnh_vit.load_state_dict({**pnnh_vit.state_dict(), **state})
+    plain.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # frozen orthogonal E: the pnnh ViT computes the residual ViT's function
+        torch.testing.assert_close(pnnh_vit(x), residual(x), rtol=1e-4, atol=1e-5)
+        assert (plain(x) - residual(x)).abs().max() > 1e-2
+    learned = pnnh.create_model("vit_cifar_6", kind="pnnh", coder="learned", coder_share="block")
+    assert count_params(learned) == count_params(residual) + 12 * 192 * 192  # one E per sub-layer
+    assert {"pos_embed", "cls_token", "blocks.0.coder1.weight"} <= learned.no_weight_decay()
+
+
+def test_vit_plain_chain_holds_only_the_stated_modules() -> None:
+    from pnnh.convert import ClassToken, CodeAttention, SliceLayerNorm, TokenEmbed
+
+    model = pnnh.create_model("vit_cifar_6", kind="pnnh", code_ratio=0.5).eval()
+    chain = pnnh.to_plain(model)
+    types = [type(m) for m in chain]
+    assert types[0] is TokenEmbed and types[-2:] == [ClassToken, nn.Linear]
+    # per block: [encode, slice-norm, qkv, attention with identity code heads, proj] and
+    # [encode, slice-norm, fc1, GELU on mirrored pairs, fc2]
+    assert types[1:6] == [nn.Linear, SliceLayerNorm, nn.Linear, CodeAttention, nn.Linear]
+    assert types[6:11] == [nn.Linear, SliceLayerNorm, nn.Linear, nn.GELU, nn.Linear]
+    assert chain[3].out_features == 3 * 192 + 96 and chain[8].out_features == 768 + 2 * 96
+
+
+def test_vit_intermediates_in_order() -> None:
+    model = pnnh.create_model("vit_cifar_6", kind="pnnh").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        assert len(inter) == 6 and all(t.shape == (2, 65, 192) for t in inter)
+        torch.testing.assert_close(final, model.forward_features(x))
+        torch.testing.assert_close(inter[2], model.blocks[:3](model.embed(x)))
+        assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
+    with pytest.raises(pnnh.PnnhError, match="takes 32x32 images"):
+        model(torch.randn(1, 3, 28, 28))

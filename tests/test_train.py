@@ -65,7 +65,7 @@ def test_eval_reproduces_the_training_runs_test_accuracy(tmp_path: Path) -> None
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path: Path) -> None:
-    base = dict(TINY, kind="pnnh", epochs=2, sched="onecycle")
+    base = dict(TINY, kind="pnnh", epochs=2, sched="onecycle", mixup=0.2, cutmix=1.0)  # mixing resumes too
     train(TrainConfig(**base, output=str(tmp_path / "straight")))
     with pytest.raises(pnnh.train.TrainingInterrupted):
         train(TrainConfig(**base, output=str(tmp_path / "stopped"), stop_after_steps=5))  # mid-epoch 1

@@ -150,10 +150,13 @@ def model_config(name: str, kind: str, kwargs: dict, num_classes: int, input_siz
 
 def build_model(config: dict) -> torch.nn.Module:
     """The model a ``model_config`` describes, freshly initialised (on the current default device)."""
-    from .models import create_model
+    from .models import create_model, model_info
 
+    kwargs = dict(config["kwargs"])
+    if model_info(config["name"])["img_size_option"]:  # a ViT is built for its data's image size
+        kwargs.setdefault("img_size", config["input_size"][-1])
     return create_model(config["name"], kind=config["kind"], num_classes=config["num_classes"],
-                        in_chans=config["in_chans"], **config["kwargs"])
+                        in_chans=config["in_chans"], **kwargs)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

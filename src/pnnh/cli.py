@@ -28,13 +28,13 @@ def cmd_models(args: argparse.Namespace) -> None:
     if args.json:
         print(dumps(rows))
         return
-    header = f"{'model':<11} {'family':<13} {'input':<11} " + " ".join(
+    header = f"{'model':<13} {'family':<13} {'input':<11} " + " ".join(
         f"{k + ' params':>15} {k + ' GMACs':>14}" for k in KINDS)
     print(header)
     for r in rows:
         size = "x".join(str(s) for s in r["input_size"])
         cells = " ".join(f"{r['params'][k] / 1e6:>14.3f}M {r['macs'][k] / 1e9:>14.3f}" for k in KINDS)
-        print(f"{r['model']:<11} {r['family']:<13} {size:<11} {cells}")
+        print(f"{r['model']:<13} {r['family']:<13} {size:<11} {cells}")
 
 
 TRAIN_HELP = {
@@ -52,6 +52,7 @@ TRAIN_HELP = {
     "image_pipeline": "image folders: auto (by image size; mixed sizes refused) | memory | stream",
     "checkpoint_every": "also write last.pt every N optimiser steps", "clip_grad": "clip the gradient norm to this",
     "checkpoint_minutes": "write last.pt at least this often during an epoch (0: off)",
+    "mixup": "Beta alpha of mixup on the batch (e.g. 0.8; 0: off)", "cutmix": "Beta alpha of CutMix (e.g. 1.0; 0: off)",
 }
 
 

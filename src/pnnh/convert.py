@@ -20,18 +20,69 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .errors import PnnhError
 from .models.layers import Block, ConvNet, ConvNormAct, bn_affine
+from .models.vit import Attention, VisionTransformer
 
+
+class TokenEmbed(nn.Module):
+    """A ViT's stem as one layer: patch conv -> tokens, class token prepended, position embedding added."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, num_tokens: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, dim, patch_size, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+
+
+class SliceLayerNorm(nn.LayerNorm):
+    """LayerNorm of the first ``normalized_shape`` channels (the learner's); the others (the code) pass as they are."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.normalized_shape[0]
+        return torch.cat([super().forward(x[..., :d]), x[..., d:]], dim=-1)
+
+
+class CodeAttention(nn.Module):
+    """Multi-head self-attention over the first 3 * dim channels (q, k, v); every further channel is a
+    head whose attention matrix is the identity, so it passes the token mixing unchanged."""
+
+    def __init__(self, num_heads: int, dim: int):
+        super().__init__()
+        self.num_heads, self.dim = num_heads, dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c3 = x[..., :3 * self.dim].shape
+        q, k, v = x[..., :3 * self.dim].reshape(b, n, 3, self.num_heads, self.dim // self.num_heads) \
+            .permute(2, 0, 3, 1, 4).unbind(0)
+        mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, self.dim)
+        return torch.cat([mixed, x[..., 3 * self.dim:]], dim=-1)
+
+
+class ClassToken(nn.Module):
+    """The class token's features: (B, N, C) -> (B, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0]
+
+
+# What a plain chain may hold; each module reads only the previous module's output (an nn.Sequential).
 PLAIN_MODULE_TYPES = (nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.MaxPool2d, nn.AvgPool2d,
-                      nn.AdaptiveAvgPool2d, nn.Flatten)
+                      nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm, TokenEmbed, CodeAttention, ClassToken)
 
 
 def to_plain(model: nn.Module) -> nn.Sequential:
     """An ``nn.Sequential`` of plain layers computing what the eval-mode ``model`` computes."""
+    if isinstance(model, VisionTransformer):
+        return _vit_to_plain(model)
     if not isinstance(model, ConvNet):
-        raise PnnhError(f"to_plain takes a pnnh CNN (from create_model), got {type(model).__name__}")
+        raise PnnhError(f"to_plain takes a pnnh CNN or ViT (from create_model), got {type(model).__name__}")
     if model.kind == "residual":
         raise PnnhError("to_plain: a residual model has skip connections and is not a plain chain; "
                         "build it with kind='plain' or kind='pnnh'")
@@ -117,6 +168,71 @@ def _block_layers(block: Block) -> list[nn.Module]:
     return layers
 
 
+@torch.no_grad()
+def _vit_to_plain(model: VisionTransformer) -> nn.Sequential:
+    """A ViT as a chain: TokenEmbed, then per sub-layer [encode] -> LayerNorm -> linear -> mix -> linear,
+    the pnnh code carried in extra channels (identity attention heads, mirrored GELU pairs), then the
+    final LayerNorm, the class token and the head."""
+    if model.kind == "residual":
+        raise PnnhError("to_plain: a residual model has skip connections and is not a plain chain; "
+                        "build it with kind='plain' or kind='pnnh'")
+    d = model.embed_dim
+    stem = TokenEmbed(model.patch_embed.in_channels, d, model.patch_size, model.pos_embed.shape[1]).to(
+        model.pos_embed)
+    stem.load_state_dict({"conv.weight": model.patch_embed.weight, "conv.bias": model.patch_embed.bias,
+                          "cls_token": model.cls_token, "pos_embed": model.pos_embed})
+    layers: list[nn.Module] = [stem]
+    for block in model.blocks:
+        for norm, coder, sublayer in ((block.norm1, block.coder1, block.attn), (block.norm2, block.coder2, block.mlp)):
+            encode = coder.encode_matrix() if coder is not None else None
+            k = 0 if encode is None else encode.shape[0]
+            if k:  # [x, E x]: the learner's channels and the code
+                layers.append(_linear(torch.cat([torch.eye(d).to(encode), encode]), torch.zeros(d + k).to(encode)))
+                layers.append(_slice_norm(norm, d))
+            else:
+                layers.append(copy.deepcopy(norm))
+            layers += _sublayer(sublayer, d, k, encode)
+    layers += [copy.deepcopy(model.norm), ClassToken(), copy.deepcopy(model.head)]
+    return nn.Sequential(*layers)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    layer.weight.copy_(weight)
+    layer.bias.copy_(bias)
+    return layer
+
+
+def _slice_norm(norm: nn.LayerNorm, d: int) -> SliceLayerNorm:
+    out = SliceLayerNorm(d, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
+    out.load_state_dict(norm.state_dict())
+    return out
+
+
+def _sublayer(sublayer: nn.Module, d: int, k: int, encode: torch.Tensor | None) -> list[nn.Module]:
+    """The attention or MLP sub-layer's linear maps, widened to carry a k-channel code u and decode it
+    with E^T at the end (k = 0: the sub-layer as it is)."""
+    first, last = (sublayer.qkv, sublayer.proj) if isinstance(sublayer, Attention) else (sublayer.fc1, sublayer.fc2)
+    w1, b1, w2, b2 = first.weight, first.bias, last.weight, last.bias
+    mirrored = not isinstance(sublayer, Attention)  # the MLP's GELU needs [u, -u]; the attention passes u
+    copies = 2 if mirrored else 1
+    h = w1.shape[0]
+    up = w1.new_zeros(h + copies * k, d + k)
+    up[:h, :d] = w1
+    down = w2.new_zeros(d, w2.shape[1] + copies * k)
+    down[:, :w2.shape[1]] = w2
+    if k:
+        eye = torch.eye(k, dtype=w1.dtype, device=w1.device)
+        up[h:h + k, d:] = eye
+        down[:, w2.shape[1]:w2.shape[1] + k] = encode.t()
+        if mirrored:
+            up[h + k:, d:] = -eye
+            down[:, w2.shape[1] + k:] = -encode.t()
+    bias_up = torch.cat([b1, b1.new_zeros(copies * k)]) if b1 is not None else w1.new_zeros(h + copies * k)
+    mix = CodeAttention(sublayer.num_heads, d) if not mirrored else copy.deepcopy(sublayer.act)
+    return [_linear(up, bias_up), mix, _linear(down, b2)]
+
+
 def chain_spec(chain: nn.Sequential) -> list[dict]:
     """The plain chain's layers as JSON-able dicts: what an export stores so the chain can be rebuilt
     from its weights without pickle (``chain_from_spec``)."""
@@ -132,8 +248,15 @@ def chain_spec(chain: nn.Sequential) -> list[dict]:
                          "ceil_mode": m.ceil_mode})
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             spec.append({"type": "AdaptiveAvgPool2d", "output_size": m.output_size})
-        elif isinstance(m, (nn.ReLU, nn.GELU, nn.SiLU, nn.Flatten)):
+        elif isinstance(m, (nn.ReLU, nn.GELU, nn.SiLU, nn.Flatten, ClassToken)):
             spec.append({"type": type(m).__name__})
+        elif isinstance(m, nn.LayerNorm):  # LayerNorm or SliceLayerNorm
+            spec.append({"type": type(m).__name__, "dim": m.normalized_shape[0], "eps": m.eps})
+        elif isinstance(m, TokenEmbed):
+            spec.append({"type": "TokenEmbed", "in": m.conv.in_channels, "dim": m.conv.out_channels,
+                         "patch": m.conv.kernel_size[0], "tokens": m.pos_embed.shape[1]})
+        elif isinstance(m, CodeAttention):
+            spec.append({"type": "CodeAttention", "heads": m.num_heads, "dim": m.dim})
         else:
             raise PnnhError(f"chain_spec: no spec for {type(m).__name__}")
     return spec
@@ -148,8 +271,14 @@ def chain_from_spec(spec: list[dict]) -> nn.Sequential:
 
 
 def _layer(s: dict) -> nn.Module:
-    simple = {"ReLU": nn.ReLU, "GELU": nn.GELU, "SiLU": nn.SiLU, "Flatten": nn.Flatten}
+    simple = {"ReLU": nn.ReLU, "GELU": nn.GELU, "SiLU": nn.SiLU, "Flatten": nn.Flatten, "ClassToken": ClassToken}
     kind = s.get("type")
+    if kind in ("LayerNorm", "SliceLayerNorm"):
+        return (nn.LayerNorm if kind == "LayerNorm" else SliceLayerNorm)(s["dim"], eps=s["eps"])
+    if kind == "TokenEmbed":
+        return TokenEmbed(s["in"], s["dim"], s["patch"], s["tokens"])
+    if kind == "CodeAttention":
+        return CodeAttention(s["heads"], s["dim"])
     if kind == "Conv2d":
         return nn.Conv2d(s["in"], s["out"], tuple(s["kernel"]), tuple(s["stride"]), tuple(s["padding"]),
                          groups=s["groups"], bias=True)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import distributed
 from .checkpoint import build_model, load_checkpoint, load_model_state, model_config, save_atomic, save_weights
 from .data import load_dataset, make_loader
-from .data.loader import channel_stats
+from .data.loader import channel_stats, mix_batch
 from .errors import PnnhError
 from .io import dumps, make_dir, write_atomic, write_json
 from .progress import bar, bars_enabled, log
@@ -48,6 +48,8 @@ class TrainConfig:
     sched: str = "cosine"             # cosine | step | onecycle | constant
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0                # Beta alpha of mixup on the batch (0: off)
+    cutmix: float = 0.0               # Beta alpha of CutMix on the batch (0: off; both set: one or the other)
     clip_grad: float | None = None    # clip the gradient's global norm to this
     crop_padding: int = 4
     flip: bool = True
@@ -103,6 +105,7 @@ RANGES = {
     "lr": (lambda v: v > 0, "positive"), "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: v >= 0, "0 or more"), "warmup_epochs": (lambda v: v >= 0, "0 or more"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"), "clip_grad": (lambda v: v > 0, "positive"),
+    "mixup": (lambda v: v >= 0, "0 or more"), "cutmix": (lambda v: v >= 0, "0 or more"),
     "crop_padding": (lambda v: v >= 0, "0 or more"), "cutout": (lambda v: v >= 0, "0 or more"),
     "image_size": (lambda v: v >= 8, "at least 8"), "seed": (lambda v: v >= 0, "0 or more"),
     "workers": (lambda v: v >= 0, "0 or more"), "train_subset": (lambda v: v >= 1, "at least 1"),
@@ -455,9 +458,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
             progress = bar(total=steps_per_epoch, initial=step, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                            enabled=dist_info.is_main)
             for x, y in train_loader.batches(epoch, start_step=step_in_epoch):
+                if cfg.mixup or cfg.cutmix:
+                    x, partner, lam = mix_batch(x, cfg.mixup, cfg.cutmix, (cfg.seed, epoch, step, dist_info.rank))
                 with autocast(device, cfg.amp):
                     logits = forward(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    if cfg.mixup or cfg.cutmix:
+                        loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y[partner],
+                                                                        label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 bad = ~torch.isfinite(loss.detach())

@@ -150,3 +150,29 @@ def make_loader(data, batch_size: int, train: bool, device, seed: int = 0, rank:
         return TensorLoader(data.images, data.labels, batch_size, train, mean, std, device, seed, crop_padding,
                             flip, cutout, rank, world_size, channels_last)
     return StreamLoader(data, batch_size, train, device, seed, rank, world_size, workers, channels_last)
+
+
+def mix_batch(x: torch.Tensor, mixup: float, cutmix: float, seed: tuple[int, ...]
+              ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (alpha ``mixup``) or CutMix (alpha ``cutmix``; one of the two, evenly, when both are set) of a
+    normalised batch, as tensor operations: returns (mixed batch, the partner of each image, lam).
+
+    The loss is lam * CE(y) + (1 - lam) * CE(y[partner]). Every draw comes from ``seed`` (the run's seed,
+    epoch, step and rank), so a resumed or sharded run mixes exactly as an uninterrupted one.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    partner = torch.from_numpy(rng.permutation(len(x))).to(x.device)
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    if not use_cutmix:
+        return x.mul(lam).add_(x[partner], alpha=1 - lam), partner, lam
+    h, w = x.shape[-2:]
+    cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h - cut_h // 2, h)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w - cut_w // 2, w)
+    mixed = x.clone()
+    mixed[..., top:bottom, left:right] = x[partner][..., top:bottom, left:right]
+    return mixed, partner, 1 - (bottom - top) * (right - left) / (h * w)  # lam of the area actually kept

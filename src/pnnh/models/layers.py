@@ -88,7 +88,7 @@ class TiedCoder(nn.Module):
             return x
         decode, bias = self.decode_affine()
         out = linear_path(x, self.weight, decode, self.stride)
-        return out if bias is None else out + bias[None, :, None, None]
+        return out  # a tied decoder E^T has no bias
 
     def encode_matrix(self) -> torch.Tensor:
         return self.weight
@@ -121,11 +121,17 @@ class ProjectionCoder(TiedCoder):
         return self.conv.weight[:, :, 0, 0] * scale[:, None], shift
 
 
-def linear_path(x: torch.Tensor, encode: torch.Tensor, decode: torch.Tensor, stride: int) -> torch.Tensor:
-    """decode @ encode applied as a strided 1x1 map: composed first (one conv) when that is cheaper for
-    this batch, else the two maps in turn (a wide code at small batch, e.g. resnet50's last stage)."""
+def linear_path(x: torch.Tensor, encode: torch.Tensor, decode: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """decode @ encode applied as a map on channels: a strided 1x1 conv on feature maps (B, C, H, W), a
+    linear map on tokens (B, N, C). Composed first (one map) when that is cheaper for this batch, else
+    the two maps in turn (a wide code at small batch, e.g. resnet50's last stage)."""
     k, c_in = encode.shape
     c_out = decode.shape[0]
+    if x.dim() == 3:
+        positions = x.shape[0] * x.shape[1]
+        if c_out * k * c_in + positions * c_out * c_in <= positions * k * (c_in + c_out):
+            return F.linear(x, decode @ encode)
+        return F.linear(F.linear(x, encode), decode)
     pixels = x.shape[0] * -(-x.shape[2] // stride) * -(-x.shape[3] // stride)
     if c_out * k * c_in + pixels * c_out * c_in <= pixels * k * (c_in + c_out):
         return F.conv2d(x, (decode @ encode)[:, :, None, None], stride=stride)
@@ -270,15 +276,24 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, torch.Tensor]]]:
-        """(logits, [(name, output)] of the stem and of every block and conv layer, in order)."""
-        x = self.stem(x)
-        intermediates = [("stem", x)]
-        for i, layer in enumerate(self.blocks):
-            x = layer(x)
-            if not isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-                intermediates.append((f"blocks.{i}", x))
-        return self.forward_head(x), intermediates
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
+                              intermediates_only: bool = False, stop_early: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's contract: (final features, [outputs of the selected layers]).
+
+        The layers are the stem and every block or single conv (pools excepted), in forward order;
+        ``indices``: the last n of them (an int) or a list of positions (default: all);
+        ``intermediates_only``: return only the list; ``stop_early``: stop after the last selected one."""
+        stages = [self.stem] + [m for m in self.blocks]
+        taps = [i for i, m in enumerate(stages) if not isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+        chosen = _select(taps, indices)
+        intermediates = []
+        last = max(chosen) if stop_early and chosen else len(stages) - 1
+        for i, module in enumerate(stages[:last + 1]):
+            x = module(x)
+            if i in chosen:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -286,6 +301,20 @@ class ConvNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _select(taps: list[int], indices: int | list[int] | None) -> set[int]:
+    """Positions (in ``taps``' terms) chosen by timm-style ``indices``."""
+    if indices is None:
+        return set(taps)
+    if isinstance(indices, int):
+        if not 0 < indices <= len(taps):
+            raise PnnhError(f"indices={indices}: choose 1 to {len(taps)} layers")
+        return set(taps[-indices:])
+    try:
+        return {taps[i] for i in indices}
+    except IndexError:
+        raise PnnhError(f"indices {list(indices)} out of range: the model has {len(taps)} layers") from None
 
 
 def learner_width(width: int, learner_ratio: float) -> int:

@@ -12,13 +12,32 @@ KINDS = ("residual", "plain", "pnnh")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
+# What each family supports, stated by the family's module (FAMILY_INFO) and read by the tests and tools:
+#   plain_form: kinds that to_plain converts; img_size_option: the constructor takes img_size (ViTs);
+#   test_kwargs / test_input: a small instance and input for tests (C, H, W).
+_FAMILY_INFO: dict[str, dict] = {}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn(kind=..., **kwargs)`` under its function name."""
+    """Decorator: register ``fn(kind=..., **kwargs)`` under its function name; its module's FAMILY_INFO
+    (a dict, see ``model_info``) states what the family supports."""
+    import sys
+
+    family = fn.__module__.rsplit(".", 1)[-1]
     _MODELS[fn.__name__] = fn
-    _FAMILY[fn.__name__] = fn.__module__.rsplit(".", 1)[-1]
+    _FAMILY[fn.__name__] = family
+    _FAMILY_INFO[family] = getattr(sys.modules[fn.__module__], "FAMILY_INFO", {})
     return fn
+
+
+def model_info(name: str) -> dict:
+    """The family's statement for model ``name``: {"family", "plain_form", "img_size_option", "test_kwargs",
+    "test_input", "first_conv", "classifier"} (defaults: plain form for plain and pnnh, no img_size option,
+    3x32x32 test input, a CNN's layer names)."""
+    check_model_name(name)
+    info = {"plain_form": ("plain", "pnnh"), "img_size_option": False, "test_kwargs": {}, "test_input": (3, 32, 32),
+            "first_conv": "stem.0.conv", "classifier": "fc"}
+    return {"family": _FAMILY[name], **info, **_FAMILY_INFO[_FAMILY[name]]}
 
 
 def list_models(pattern: str | None = None) -> list[str]:
