@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data test demo soak clean
+# timm needs torchvision, which imports only beside its own torch build: it gets its own environment.
+TIMM_VENV := .venv-timm
+TIMM_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
+
+.PHONY: setup timm-setup data test demo soak clean
 
 $(BIN)/pnnh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +19,14 @@ $(BIN)/pnnh: pyproject.toml
 	touch $@
 
 setup: $(BIN)/pnnh
+
+$(TIMM_VENV)/bin/timm-ready: pyproject.toml
+	$(PYTHON) -m venv $(TIMM_VENV)
+	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check $(TIMM_TORCH)
+	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check -e '.[timm]' pytest
+	touch $@
+
+timm-setup: $(TIMM_VENV)/bin/timm-ready
 
 # Debian ships the official Fashion-MNIST files (the tests and the demo read them; MD5-checked on read).
 data:
@@ -28,8 +40,9 @@ data:
 	  fi; \
 	fi
 
-test: setup data
+test: setup data timm-setup
 	$(BIN)/python -m pytest -q
+	$(TIMM_VENV)/bin/python -m pytest -q tests/test_timm.py
 
 # The main job: resnet56 in the three kinds, 2 seeds, side by side on Fashion-MNIST (about 5 minutes on 2 cores).
 DEMO_OUT ?= reports/demo
@@ -45,4 +58,4 @@ soak: setup data
 	$(BIN)/python tests/kill_loop.py --seconds $(SOAK_SECONDS)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TIMM_VENV) runs .pytest_cache

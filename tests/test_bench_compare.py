@@ -96,6 +96,13 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
     assert [p["label"] for p in probes] == [r["label"] for r in saved["entries"]]
     assert len(probes[0]["layers"]) == 19 and all(-1 <= row["cka"] <= 1 for row in probes[0]["layers"])
     assert "The probe at the end of training" in report and (out / "probe_end_cka.png").exists()
+    # a fresh clone of a benchmark holds the runs' small files only (no checkpoints): still done
+    for f in [*out.rglob("*.pt"), *out.rglob("*.safetensors")]:
+        f.unlink()
+    caplog.clear()
+    small = compare(entries, BASE, [0, 1], out, "pnnh compare (test)")
+    assert caplog.text.count("done, skipped") == 4 and "no probe of the trained models" in caplog.text
+    assert small["entries"] == results["entries"]
 
 
 def test_compare_cli_variants(tmp_path: Path) -> None:

@@ -223,3 +223,41 @@ def test_mixup_and_cutmix_on_the_batch() -> None:
     assert moved.any() and abs(kept - lam) < 1e-6 and lam < 1
     assert torch.equal(cut[moved] != x[moved], (cut[moved] == x[partner][moved]) & (cut[moved] != x[moved]))
     assert not torch.equal(mix_batch(x, 0.4, 0.0, (0, 1, 4, 0))[0], mixed)
+
+
+def test_large_images_stream_and_mixed_sizes_are_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pnnh.data import StreamingFolder
+    from pnnh.data.loader import make_loader
+
+    root = tmp_path / "large"
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (96, 80) if i % 2 else (120, 90), (i * 40, 100, 200)).save(
+                    root / split / c / f"{i}.png")
+    train = load_dataset("imagefolder", root, "train", image_size=48, cache_dir=tmp_path / "c")
+    assert isinstance(train, StreamingFolder) and len(train) == 8 and train.classes == ["cat", "dog"]
+    loader = make_loader(train, 4, True, "cpu", workers=0)
+    batches = list(loader.batches(0))
+    assert len(batches) == 2 and batches[0][0].shape == (4, 3, 48, 48) and batches[0][0].dtype == torch.float32
+    assert torch.equal(list(loader.batches(0))[1][0], batches[1][0])  # crops are drawn from (seed, epoch)
+    test = load_dataset("imagefolder", root, "test", image_size=48, cache_dir=tmp_path / "c")
+    assert isinstance(test, StreamingFolder) and test.input_size == (3, 48, 48)
+    # one small image among large ones: no pipeline fits both, so auto refuses instead of guessing
+    Image.new("RGB", (32, 32)).save(root / "val" / "dog" / "small.png")
+    with pytest.raises(PnnhError, match="mixes image sizes.*--image-pipeline"):
+        load_dataset("imagefolder", root, "train", image_size=48, cache_dir=tmp_path / "c")
+    assert isinstance(load_dataset("imagefolder", root, "test", image_size=48, cache_dir=tmp_path / "c",
+                                   pipeline="stream"), StreamingFolder)
+    small = tmp_path / "small"
+    for c in ("cat", "dog"):
+        (small / "train" / c).mkdir(parents=True)
+        for i, size in enumerate([(32, 32), (32, 32), (28, 28)]):
+            Image.new("RGB", size).save(small / "train" / c / f"{i}.png")
+    with pytest.raises(PnnhError, match="28x28.*32x32|mixes image sizes"):
+        load_dataset("imagefolder", small, "train", cache_dir=tmp_path / "c")
+    resized = load_dataset("imagefolder", small, "train", cache_dir=tmp_path / "c", pipeline="memory")
+    assert resized.images.shape == (6, 32, 32, 3)

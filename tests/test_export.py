@@ -14,7 +14,7 @@ from pnnh.convert import PLAIN_MODULE_TYPES
 from pnnh.export import export_model
 from conftest import assert_one_line_error, randomise_batchnorm, run_cli
 
-FAMILIES = ["resnet20", "resnet18", "vgg11"]  # one model of each CNN family
+FAMILIES = ["resnet20", "resnet18", "vgg11", "vit_cifar_6"]  # one model of each family
 
 
 def _saved(tmp_path: Path, name: str, kind: str, size: int = 32) -> tuple[nn.Module, Path, Path]:
@@ -59,9 +59,9 @@ def test_safetensors_refuse_corruption_and_hold_no_pickle(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("name,kind", [("resnet20", "pnnh"), ("resnet18", "plain"), ("vgg11", "pnnh"),
-                                       ("resnet20", "residual")])
+                                       ("vit_cifar_6", "pnnh"), ("resnet20", "residual")])
 def test_export_parity_of_every_form(name: str, kind: str, tmp_path: Path) -> None:
-    model, weights, _ = _saved(tmp_path, name, kind, size=64 if name != "resnet20" else 32)
+    model, weights, _ = _saved(tmp_path, name, kind, size=64 if name in ("resnet18", "vgg11") else 32)
     report = export_model(weights, tmp_path / "export", batch_size=4)
     assert report["passed"] and set(report["parity"]) == {"torch", "safetensors", "pt2", "onnx"}
     assert max(report["parity"].values()) < 1e-4

@@ -202,3 +202,23 @@ def test_yaml_config_with_flag_override(tmp_path: Path) -> None:
     assert saved["model_kwargs"] == {"learner_ratio": 0.5} and saved["train_subset"] == 128
     config.write_text("epochs: 1\nlearning_rate: 0.1\n")
     assert_one_line_error(run_cli("train", "--config", config), "unknown option(s) learning_rate")
+
+
+def test_a_vit_trains_with_the_transformer_recipe_and_evaluates(tmp_path: Path) -> None:
+    """vit_cifar_6 on 28 px Fashion-MNIST (built for the data's size), AdamW with warm-up and cosine,
+    label smoothing, gradient clipping, mixup and CutMix; eval rebuilds it from the checkpoint."""
+    run = tmp_path / "vit"
+    summary = train(TrainConfig(model="vit_cifar_6", kind="pnnh", data="fashion-mnist", train_subset=128,
+                                test_subset=64, batch_size=32, epochs=2, workers=0, opt="adamw", lr=1e-3,
+                                weight_decay=0.05, warmup_epochs=0.5, sched="cosine", label_smoothing=0.1,
+                                clip_grad=1.0, mixup=0.8, cutmix=1.0, output=str(run)))
+    assert summary["model"].img_size == 28 and len(summary["history"]) == 2
+    assert all(row["train_loss"] < 3.0 for row in summary["history"])
+    groups = pnnh.train.param_groups(summary["model"], 0.05)
+    no_decay = {id(p) for p in groups[1]["params"]}
+    assert id(summary["model"].pos_embed) in no_decay and id(summary["model"].cls_token) in no_decay
+    assert id(summary["model"].blocks[0].attn.qkv.weight) not in no_decay
+    result = run_cli("eval", "--checkpoint", run / "best.safetensors", "--data", "fashion-mnist", "--test-subset",
+                     "64", "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top1"] == max(r["test_acc"] for r in summary["history"])

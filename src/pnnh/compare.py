@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .bench import Entry
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import build_model, load_checkpoint, model_from_checkpoint
 from .errors import PnnhError
 from .io import make_dir, save_figure, write_atomic, write_json
 from .profile import count_params
@@ -34,9 +34,12 @@ def run_dir(out: Path, entry: Entry, seed: int) -> Path:
 
 
 def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict | None:
-    """The last checkpoint in ``path`` if the folder holds this very run (the same config but for
-    RESUME_SAFE keys); None if it holds none. A run with other settings is refused, naming the keys,
-    or with ``overwrite`` deleted so that it is trained again."""
+    """What ``path`` holds of this very run (the same config but for RESUME_SAFE keys), or None if nothing.
+
+    {"checkpoint": last.pt's contents or None, "history": per-epoch rows, "model_config", "done": bool}.
+    A finished run's small files alone (config.json, model.json, metrics.jsonl: what benchmarks commit,
+    without checkpoints) count as done. A run with other settings is refused, naming the keys, or with
+    ``overwrite`` deleted so that it is trained again."""
     if not (path / "config.json").exists() and not (path / "last.pt").exists():
         return None
     try:
@@ -53,7 +56,17 @@ def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict 
         asked = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in conflicts) if saved else "this compare's settings"
         raise PnnhError(f"{path} holds a run with {was}, but this compare asks for {asked}: use another "
                         f"--output, or --overwrite to train it again")
-    return load_checkpoint(path / "last.pt") if (path / "last.pt").exists() else None
+    if (path / "last.pt").exists():
+        checkpoint = load_checkpoint(path / "last.pt")
+        return {"checkpoint": checkpoint, "history": checkpoint["history"], "model_config": checkpoint["model_config"],
+                "done": (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0)}
+    try:
+        history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        spec = json.loads((path / "model.json").read_text())
+    except (OSError, ValueError):
+        return None  # started but never checkpointed: train it from the start
+    done = len(history) == cfg.epochs
+    return {"checkpoint": None, "history": history, "model_config": spec, "done": done} if done else None
 
 
 def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str,
@@ -64,26 +77,34 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
     make_dir(out)
     plan = [(e, s) for e in entries for s in seeds]
     runs: dict[tuple[str, int], dict] = {}
-    models: dict[str, torch.nn.Module] = {}
+    models: dict[str, torch.nn.Module | None] = {}
     started = time.time()
     for i, (entry, seed) in enumerate(plan):
         path = run_dir(out, entry, seed)
         cfg = replace(base, model=entry.model, kind=entry.kind, model_kwargs=dict(entry.kwargs), seed=seed,
                       output=str(path))
-        checkpoint = existing_run(path, cfg, overwrite)
-        done = checkpoint is not None and (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0)
-        status = "done, skipped" if done else ("resuming" if checkpoint is not None else "training")
+        found = existing_run(path, cfg, overwrite)
+        done = found is not None and found["done"]
+        status = "done, skipped" if done else ("resuming" if found is not None else "training")
         log.info(f"[{i + 1}/{len(plan)}] {entry.label} seed {seed}: {status}")
         if not done:
-            train(cfg, path / "last.pt" if checkpoint is not None else None)
-            checkpoint = load_checkpoint(path / "last.pt")
-        model = model_from_checkpoint(checkpoint, path / "last.pt")
-        runs[(entry.label, seed)] = {"history": checkpoint["history"], "params": count_params(model)}
+            train(cfg, path / "last.pt" if found is not None else None)
+            found = existing_run(path, cfg)
+        if found["checkpoint"] is not None:
+            model = model_from_checkpoint(found["checkpoint"], path / "last.pt")
+        else:  # only the small files are here: count the parameters on the meta device, nothing to probe
+            with torch.device("meta"):
+                model = build_model(found["model_config"])
+        runs[(entry.label, seed)] = {"history": found["history"], "params": count_params(model)}
         if seed == seeds[0]:
-            models[entry.label] = model  # probed below
+            models[entry.label] = model if found["checkpoint"] is not None else None
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
-    probes = probe_trained(entries, seeds[0], base, [models[e.label] for e in entries], out)
+    probes = []
+    if all(m is not None for m in models.values()):
+        probes = probe_trained(entries, seeds[0], base, [models[e.label] for e in entries], out)
+    else:
+        log.warning("no probe of the trained models: some runs are here as metrics only (no last.pt)")
     write_report(out, results, runs, probes)
     return results
 

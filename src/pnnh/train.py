@@ -399,6 +399,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
         for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
         write_json(run_dir / "config.json", asdict(cfg))
+        write_json(run_dir / "model.json", spec)  # how to rebuild the model, beside the metrics
 
     board = tensorboard_writer(run_dir, epoch) if cfg.log == "tensorboard" and dist_info.is_main else None
     raw_model = model
