@@ -35,7 +35,12 @@ def test_timm_refuses_what_pnnh_does_not_do(tmp_path) -> None:
         timm.create_model("pnnh_resnet20_pnnh", pretrained=True)
     with pytest.raises(pnnh.PnnhError, match="drop_path_rate"):
         timm.create_model("pnnh_resnet20_pnnh", drop_path_rate=0.1)
+    from pnnh.checkpoint import model_config, save_weights
+
     model = pnnh.create_model("resnet20", kind="pnnh", num_classes=10)
     torch.save(model.state_dict(), tmp_path / "w.pth")
-    loaded = timm.create_model("pnnh_resnet20_pnnh", checkpoint_path=str(tmp_path / "w.pth"))
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    save_weights(tmp_path / "best.safetensors", model.state_dict(),
+                 {"model_config": model_config("resnet20", "pnnh", {}, 10, (3, 32, 32))})
+    for path in (tmp_path / "w.pth", tmp_path / "best.safetensors"):  # timm's files and pnnh's
+        loaded = timm.create_model("pnnh_resnet20_pnnh", checkpoint_path=str(path))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
