@@ -132,3 +132,43 @@ def test_bench_plain_form_entries_are_inference_only() -> None:
     assert plain_form["params"] > pnnh_row["params"] and plain_form["plain_form"]
     with pytest.raises(pnnh.PnnhError, match="no plain form"):
         parse_entries("resnet20:residual:plain_form")
+
+
+def test_progress_bars_go_to_a_terminal_stderr_never_into_json_stdout() -> None:
+    import os
+    import subprocess
+    import sys
+
+    import threading
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = os.openpty()  # stderr is a terminal (bars on), stdout a pipe (JSON only)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.Popen([sys.executable, "-m", "pnnh", "bench", "--models", "resnet20:residual", "--repeats", "2",
+                             "--steps", "1", "--warmup", "1", "--batch-size", "4", "--json"],
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    out, _ = proc.communicate(timeout=300)
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    err = b"".join(chunks)
+    assert proc.returncode == 0
+    assert json.loads(out)["entries"][0]["kind"] == "residual"  # stdout: the JSON and nothing else
+    assert b"bench rounds" in err and b"100%" in err, err[-500:]  # the bar went to the terminal

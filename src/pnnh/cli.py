@@ -349,7 +349,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
                                                  args.cache_dir)
     dists = DISTS.from_vgg16(args.dists_weights) if args.dists_weights else None
     runs = []
-    for kind in kinds:
+    for kind in bar(kinds, desc="probe", unit="model"):
         torch.manual_seed(args.seed)
         if spec:
             model = model_from_checkpoint(checkpoint, args.checkpoint)

@@ -79,7 +79,7 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
     runs: dict[tuple[str, int], dict] = {}
     models: dict[str, torch.nn.Module | None] = {}
     started = time.time()
-    for i, (entry, seed) in enumerate(plan):
+    for i, (entry, seed) in enumerate(bar(plan, desc="compare", unit="run", leave=True)):
         path = run_dir(out, entry, seed)
         cfg = replace(base, model=entry.model, kind=entry.kind, model_kwargs=dict(entry.kwargs), seed=seed,
                       output=str(path))
