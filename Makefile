@@ -49,7 +49,7 @@ DEMO_OUT ?= reports/demo
 demo: setup data
 	$(BIN)/pnnh compare --model resnet56 --kinds residual,plain,pnnh --data fashion-mnist --download \
 	  --train-subset 2000 --test-subset 1000 --epochs 3 --batch-size 32 --lr 0.05 --sched onecycle \
-	  --seeds 2 --workers 0 --output $(DEMO_OUT)
+	  --seeds 2 --workers 0 --channels-last --output $(DEMO_OUT)
 	@echo "report: $(DEMO_OUT)/report.md (results.json and plots beside it)"
 
 # Kill-and-resume soak (not part of the tests): SIGKILL a training at random points for SOAK_SECONDS.

@@ -17,7 +17,7 @@ OUT=benchmarks/results/evidence
 # (one seed, benchmarks/results/recipe/README.md): raise it there first; compare refuses to mix budgets.
 RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 10000
         --epochs 15 --batch-size 128 --opt sgd --lr 0.2 --sched onecycle --label-smoothing 0.1
-        --weight-decay 5e-4 --workers 0 --seeds 3)
+        --weight-decay 5e-4 --workers 0 --channels-last --seeds 3)
 declare -A STAGES=(
   [a_depth56]="resnet56:residual,resnet56:plain,resnet56:pnnh"
   [b_thin56]="resnet56:residual:learner_ratio=0.5,resnet56:pnnh:learner_ratio=0.5,resnet56:plain:learner_ratio=0.5"

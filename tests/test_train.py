@@ -46,9 +46,13 @@ def test_resnet20_learns_cifar10_in_one_epoch(cifar_jpeg: Path, tmp_path: Path) 
 
 def test_resnet20_learns_fashion_mnist_in_one_epoch(tmp_path: Path) -> None:
     cfg = TrainConfig(**{**TINY, "train_subset": 1000, "test_subset": 1000}, epochs=1, lr=0.05,
-                      output=str(tmp_path / "run"))
-    final = train(cfg)["final"]
+                      channels_last=True, output=str(tmp_path / "run"))
+    summary = train(cfg)
+    final = summary["final"]
     assert final["test_acc"] > 0.3 and final["test_loss"] < 2.0, final
+    best = pnnh.load_model(tmp_path / "run" / "best.safetensors")  # channels-last weights saved in standard layout
+    assert all(torch.equal(a, b.contiguous()) for a, b in zip(best.state_dict().values(),
+                                                                summary["model"].state_dict().values()))
 
 
 def test_eval_reproduces_the_training_runs_test_accuracy(tmp_path: Path) -> None:

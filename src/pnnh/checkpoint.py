@@ -63,7 +63,8 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> 
     anything else in ``metadata`` as JSON strings in the header, and a SHA-256 of the tensors."""
     from safetensors.torch import save
 
-    state = {k: v.detach().cpu().clone() for k, v in state.items()}  # clone: safetensors refuses shared storage
+    # standard layout (a channels-last tensor is not "contiguous" to safetensors), and copies: it refuses shared storage
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     header = {"format": SAFETENSORS_FORMAT, "sha256": digest(state),
               **{k: json.dumps(v, allow_nan=False) for k, v in metadata.items()}}
     write_atomic(path, save(state, metadata=header))

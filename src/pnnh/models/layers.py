@@ -286,13 +286,7 @@ class ConvNet(nn.Module):
         ``intermediates_only``: return only the list; ``stop_early``: stop after the last selected one."""
         stages = [self.stem] + [m for m in self.blocks]
         taps = [i for i, m in enumerate(stages) if not isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
-        chosen = _select(taps, indices)
-        intermediates = []
-        last = max(chosen) if stop_early and chosen else len(stages) - 1
-        for i, module in enumerate(stages[:last + 1]):
-            x = module(x)
-            if i in chosen:
-                intermediates.append(x)
+        x, intermediates = run_taps(stages, x, _select(taps, indices), stop_early)
         return intermediates if intermediates_only else (x, intermediates)
 
     def get_classifier(self) -> nn.Module:
@@ -301,6 +295,19 @@ class ConvNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def run_taps(modules: list[nn.Module], x: torch.Tensor, chosen: set[int], stop_early: bool
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``modules`` in turn, keeping the outputs at the ``chosen`` positions (and stopping after the
+    last of them if ``stop_early``): the loop behind every family's ``forward_intermediates``."""
+    intermediates = []
+    last = max(chosen) if stop_early and chosen else len(modules) - 1
+    for i, module in enumerate(modules[:last + 1]):
+        x = module(x)
+        if i in chosen:
+            intermediates.append(x)
+    return x, intermediates
 
 
 def _select(taps: list[int], indices: int | list[int] | None) -> set[int]:

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PnnhError
-from .layers import MIRROR_ACTIVATIONS, CoderBank, _select, learner_width
+from .layers import MIRROR_ACTIVATIONS, CoderBank, _select, learner_width, run_taps
 from .registry import KINDS, register_model
 
 FAMILY_INFO = {"plain_form": ("plain", "pnnh"), "img_size_option": True, "test_kwargs": {"img_size": 32},
@@ -153,13 +153,7 @@ class VisionTransformer(nn.Module):
                               ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """timm's contract: (final normed features, [token outputs of the selected blocks])."""
         chosen = _select(list(range(len(self.blocks))), indices)
-        x = self.embed(x)
-        intermediates = []
-        last = max(chosen) if stop_early and chosen else len(self.blocks) - 1
-        for i, block in enumerate(self.blocks[:last + 1]):
-            x = block(x)
-            if i in chosen:
-                intermediates.append(x)
+        x, intermediates = run_taps(list(self.blocks), self.embed(x), chosen, stop_early)
         return intermediates if intermediates_only else (self.norm(x), intermediates)
 
     def get_classifier(self) -> nn.Module:
