@@ -171,4 +171,5 @@ def test_progress_bars_go_to_a_terminal_stderr_never_into_json_stdout() -> None:
     err = b"".join(chunks)
     assert proc.returncode == 0
     assert json.loads(out)["entries"][0]["kind"] == "residual"  # stdout: the JSON and nothing else
-    assert b"bench rounds" in err and b"100%" in err, err[-500:]  # the bar went to the terminal
+    # the bars went to the terminal (both are drawn; how much of a short-lived bar a pty keeps varies)
+    assert b"%|" in err and (b"bench warm-up" in err or b"bench rounds" in err), err[-500:]

@@ -17,8 +17,6 @@ def test_every_pnnh_model_and_kind_is_registered() -> None:
 
 @pytest.mark.parametrize("name", sorted({f"pnnh_{m}_{k}" for m in pnnh.list_models() for k in pnnh.KINDS}))
 def test_create_through_timm_and_forward(name: str) -> None:
-    if name.startswith("pnnh_resnet1202"):
-        pytest.skip("resnet1202 is covered by the core tests; 1202 layers are slow here")
     base = name.removeprefix("pnnh_").rsplit("_", 1)[0]
     model = timm.create_model(name, num_classes=5, in_chans=3, drop_rate=0.0, **pnnh.models.model_info(base)["test_kwargs"]).eval()
     config = timm.data.resolve_data_config(model=model)
