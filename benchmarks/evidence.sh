@@ -4,30 +4,71 @@
 # Each stage is one `pnnh compare` into benchmarks/results/evidence/<stage>/. Finished runs keep their
 # small files (config.json, model.json, metrics.jsonl; checkpoints are not committed), so running this
 # again, on this machine or a fresh clone, continues where it stopped and never mixes settings (compare
-# refuses a run folder whose recorded config differs).
-#   bash benchmarks/evidence.sh            # every stage, in order
-#   bash benchmarks/evidence.sh a_depth56  # one stage
-# THREADS (default 2) sets torch's threads: run two stages at once with THREADS=1 each on 2 cores.
+# refuses a run folder whose recorded config differs; an interrupted run resumes from its last.pt).
+#   bash benchmarks/evidence.sh                # every stage, in order, one run at a time
+#   bash benchmarks/evidence.sh a_depth56      # one stage
+#   JOBS=2 bash benchmarks/evidence.sh         # two runs at once, one torch thread each (2 cores)
+# With JOBS>1 the (stage, seed, entry) runs are taken from one queue, seed 0 of a stage before seed 1,
+# by JOBS workers with OMP_NUM_THREADS=1 each; each run is a one-entry, one-seed compare, so a stage's
+# report.md is partial until the closing full compare of that stage, which only reads finished runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${THREADS:-2}
+JOBS=${JOBS:-1}
+export OMP_NUM_THREADS=${THREADS:-$(( JOBS > 1 ? 1 : 2 ))}
 PNNH=${PNNH:-.venv/bin/pnnh}
 OUT=benchmarks/results/evidence
+SEEDS=(0 1 2)
 # The budget: residual resnet56 must reach at least 75% test accuracy on it: 20,000 x 8 reached 76.37%
 # (one seed; 10,000 x 15 reached 74.41%; benchmarks/results/recipe/README.md). compare refuses to mix budgets.
 RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 20000
         --epochs 8 --batch-size 128 --opt sgd --lr 0.2 --sched onecycle --label-smoothing 0.1
-        --weight-decay 5e-4 --workers 0 --channels-last --seeds 3)
+        --weight-decay 5e-4 --workers 0 --channels-last)
+# Entries are separated by spaces here (an entry's own options by commas).
 declare -A STAGES=(
-  [a_depth56]="resnet56:residual,resnet56:plain,resnet56:pnnh"
-  [b_thin56]="resnet56:residual:learner_ratio=0.5,resnet56:pnnh:learner_ratio=0.5,resnet56:plain:learner_ratio=0.5"
-  [c_width56]="resnet56:pnnh:code_ratio=0.0625,resnet56:pnnh:code_ratio=0.25,resnet56:pnnh:code_ratio=0.5"
-  [d_learned56]="resnet56:pnnh:coder=learned,coder_share=stage,resnet56:pnnh:coder=learned,coder_share=block"
-  [e_depth110]="resnet110:residual,resnet110:plain,resnet110:pnnh,resnet110:pnnh:code_ratio=0.25"
+  [a_depth56]="resnet56:residual resnet56:plain resnet56:pnnh"
+  [b_thin56]="resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5 resnet56:plain:learner_ratio=0.5"
+  [c_width56]="resnet56:pnnh:code_ratio=0.0625 resnet56:pnnh:code_ratio=0.25 resnet56:pnnh:code_ratio=0.5"
+  [d_learned56]="resnet56:pnnh:coder=learned,coder_share=stage resnet56:pnnh:coder=learned,coder_share=block"
+  [e_depth110]="resnet110:residual resnet110:plain resnet110:pnnh resnet110:pnnh:code_ratio=0.25"
 )
 ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110)
-for stage in "${@:-${ORDER[@]}}"; do
+stages=("${@:-${ORDER[@]}}")
+for stage in "${stages[@]}"; do
   [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]}" >&2; exit 2; }
-  echo "== $stage: ${STAGES[$stage]}" >&2
-  "$PNNH" compare "${RECIPE[@]}" --entries "${STAGES[$stage]}" --output "$OUT/$stage"
 done
+
+full_compare() {  # the stage's report over every entry and seed (trains whatever is missing)
+  local stage=$1 seeds entries
+  seeds=$(IFS=,; echo "${SEEDS[*]}"); entries=${STAGES[$stage]// /,}
+  echo "== $stage: $entries" >&2
+  "$PNNH" compare "${RECIPE[@]}" --seeds "$seeds" --entries "$entries" --output "$OUT/$stage"
+}
+
+if [ "$JOBS" -le 1 ]; then
+  for stage in "${stages[@]}"; do full_compare "$stage"; done
+  exit 0
+fi
+
+queue=$(mktemp -d); trap 'rm -rf "$queue"' EXIT
+n=0
+for stage in "${stages[@]}"; do
+  for seed in "${SEEDS[@]}"; do
+    for entry in ${STAGES[$stage]}; do
+      printf '%s %s %s\n' "$stage" "$seed" "$entry" > "$queue/$(printf '%04d' $n)"; n=$((n + 1))
+    done
+  done
+done
+worker() {
+  local job stage seed entry
+  for job in "$queue"/[0-9]*; do
+    mkdir "$job.taken" 2>/dev/null || continue  # atomic: one worker per run
+    read -r stage seed entry < "$job"
+    echo "== worker $1: $stage seed $seed $entry" >&2
+    "$PNNH" compare "${RECIPE[@]}" --seed "$seed" --seeds 1 --entries "$entry" --output "$OUT/$stage" > /dev/null \
+      || echo "== worker $1: $stage seed $seed $entry failed (exit $?)" >&2
+  done
+}
+pids=()
+for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
+wait "${pids[@]}"
+for stage in "${stages[@]}"; do full_compare "$stage"; done

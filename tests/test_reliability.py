@@ -99,6 +99,12 @@ def test_compare_refuses_runs_with_other_settings_and_honours_config(tmp_path: P
     assert len(result["entries"][0]["test_acc"]) == 1
     saved = json.loads((out / "runs" / "resnet20-residual-seed0" / "config.json").read_text())
     assert (saved["epochs"], saved["lr"]) == (2, 0.05)
+    # where decoded images are cached does not change a run: a finished run is reused, not trained again
+    metrics = (out / "runs" / "resnet20-residual-seed0" / "metrics.jsonl").read_text()
+    moved = run_cli(*base, "--config", config, "--cache-dir", tmp_path / "elsewhere", "--json")
+    assert moved.returncode == 0, moved.stderr
+    assert "done, skipped" in moved.stderr
+    assert (out / "runs" / "resnet20-residual-seed0" / "metrics.jsonl").read_text() == metrics
     config.write_text("epochs: 2\nlearning_rate: 0.05\n")
     assert "unknown option(s) learning_rate" in cli_error(capsys, *base, "--config", config)
 

@@ -113,7 +113,7 @@ RANGES = {
     "checkpoint_every": (lambda v: v >= 0, "0 or more"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
 }
 # What a resumed run (or a compare reusing a run) may differ in: where and how it runs, not what it computes.
-RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps", "log")
+RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps", "log", "cache_dir")
 _TYPE_WORDS = {"int": "an integer", "int | None": "an integer", "float": "a finite number",
                "float | None": "a finite number", "str": "a string", "str | None": "a string",
                "bool": "true or false", "dict": "a mapping of option: value"}
