@@ -21,3 +21,9 @@ done
   --batch-size 1 --repeats 5 --steps 20 --json > "$OUT/resnet56_b1.json"
 .venv/bin/python benchmarks/cpu_settings.py --model resnet56 --kinds residual,pnnh --batch-size 32 --rounds 3 \
   --steps 2 --compile > "$OUT/cpu_settings_resnet56.json"
+# The throughput claim's controls (benchmarks/verdict.py): every pnnh variant of the evidence matrix and the
+# thin residual net, channels-last as the matrix trains. Pause other torch jobs while this runs.
+"$PNNH" bench --models "resnet56:residual,resnet56:plain,resnet56:pnnh,resnet56:pnnh:code_ratio=0.0625,\
+resnet56:pnnh:code_ratio=0.25,resnet56:pnnh:code_ratio=0.5,resnet56:pnnh:coder=learned,coder_share=stage,\
+resnet56:pnnh:coder=learned,coder_share=block,resnet56:residual:learner_ratio=0.5,resnet56:pnnh:learner_ratio=0.5" \
+  --batch-size 128 --repeats 5 --channels-last --json > "$OUT/resnet56_controls_b128.json"

@@ -1,0 +1,296 @@
+"""The verdict on each of the paper's claims, decided by fixed rules from the measurements committed here.
+
+    python benchmarks/verdict.py        # prints the table; writes benchmarks/results/verdict.{md,json}, width.png
+
+Inputs (each made by a command of this repository, named in the output):
+- the evidence matrix's finished runs, benchmarks/results/evidence/*/runs/* (benchmarks/evidence.sh);
+- the probe at initialisation, docs/figures/probe_resnet56/probe.json, and the theorems' Monte Carlo
+  checks, docs/figures/theory/theory.json;
+- training throughput, benchmarks/results/throughput/resnet56_controls_b128.json (pnnh bench);
+- the ViT benchmark, benchmarks/results/vit/*/runs/* when it exists.
+
+Rules. Accuracy is the final test accuracy on the full test set, per seed; an entry needs SEEDS_NEEDED
+finished seeds to decide anything. For a difference d = mean(A) - mean(B) with standard error
+se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
+- "A is on par with B"      holds if d - 2 se > -MARGIN, does not hold if d + 2 se < -MARGIN;
+- "A falls behind B"        holds if d + 2 se < -MARGIN, does not hold if d - 2 se > -MARGIN;
+anything else is undecided at this budget. The runs of one verdict must share their budget: every
+training setting but the model, kind, model options, seed and where/how it ran (RESUME_SAFE) must
+agree, or the script stops and names the setting.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
+from pnnh.train import RESUME_SAFE  # noqa: E402
+RESULTS = ROOT / "benchmarks" / "results"
+SEEDS_NEEDED = 3
+MARGIN = 1.0  # points of accuracy
+PER_RUN = ("model", "kind", "model_kwargs", "seed")
+
+
+def label(cfg: dict) -> str:
+    kw = ",".join(f"{k}={v}" for k, v in sorted(cfg["model_kwargs"].items()))
+    return f"{cfg['model']}:{cfg['kind']}" + (f":{kw}" if kw else "")
+
+
+def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
+    """({entry label: final test accuracies in points, one per finished seed}, the shared budget) of every
+    run under folder; refuses runs whose budgets differ."""
+    accs: dict[str, dict[int, float]] = {}
+    budget, budget_from = None, None
+    for run in sorted(folder.glob("*/runs/*")):
+        try:
+            cfg = json.loads((run / "config.json").read_text())
+            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        except (OSError, ValueError):
+            continue  # started, nothing finished yet
+        if len(rows) != cfg["epochs"]:
+            continue  # still training
+        this = {k: v for k, v in cfg.items() if k not in PER_RUN and k not in RESUME_SAFE}
+        if budget is None:
+            budget, budget_from = this, run
+        elif this != budget:
+            keys = sorted(k for k in set(this) | set(budget) if this.get(k) != budget.get(k))
+            sys.exit(f"verdict: {run} and {budget_from} differ in {', '.join(keys)}: one verdict cannot mix budgets")
+        accs.setdefault(label(cfg), {})[cfg["seed"]] = 100 * rows[-1]["test_acc"]
+    return {k: [v[s] for s in sorted(v)] for k, v in accs.items()}, budget
+
+
+def stats(values: list[float] | None) -> dict | None:
+    if not values:
+        return None
+    n = len(values)
+    sd = statistics.stdev(values) if n > 1 else float("nan")
+    return {"n": n, "mean": statistics.fmean(values), "std": sd, "se": sd / math.sqrt(n), "values": values}
+
+
+def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
+    """The difference a - b (points) with its standard error, and the verdict on `claim`
+    ("on par" or "behind") by the rules above."""
+    if a is None or b is None or min(a["n"], b["n"]) < SEEDS_NEEDED:
+        have = "not run" if a is None or b is None else f"{min(a['n'], b['n'])} of {SEEDS_NEEDED} seeds"
+        return {"diff": None if a is None or b is None else a["mean"] - b["mean"], "se": None,
+                "verdict": "undecided", "why": f"runs missing ({have})"}
+    d, se = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+    low, high = d - 2 * se, d + 2 * se
+    if claim == "on par":
+        verdict = "holds" if low > -MARGIN else "does not hold" if high < -MARGIN else "undecided"
+    else:
+        verdict = "holds" if high < -MARGIN else "does not hold" if low > -MARGIN else "undecided"
+    return {"diff": d, "se": se, "verdict": verdict, "why": f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"}
+
+
+def fmt(s: dict | None) -> str:
+    if s is None:
+        return "not run"
+    spread = f" ± {s['std']:.2f}" if s["n"] > 1 else ""
+    return f"{s['mean']:.2f}{spread}% ({s['n']} seed{'s' if s['n'] > 1 else ''})"
+
+
+def fmt_c(c: dict) -> str:
+    return "–" if c["diff"] is None else (f"{c['diff']:+.2f}" + (f" ± {2 * c['se']:.2f}" if c["se"] is not None else ""))
+
+
+def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
+    g = acc.get
+    rows = []
+    # the phenomenon: plain nets fall behind residual ones, more so with depth
+    c56, c110 = (contrast(g(f"resnet{d}:plain"), g(f"resnet{d}:residual"), "behind") for d in (56, 110))
+    rows.append({"claim": "Plain nets fall behind residual nets with depth (the premise)",
+                 "measured": f"plain - residual: depth 56 {fmt_c(c56)}, depth 110 {fmt_c(c110)} points",
+                 "decided_by": "plain vs residual, same learner, same budget",
+                 "verdict": worst(c56, c110), "why": f"56: {c56['why']}; 110: {c110['why']}"})
+    # PNNH on par: the default coder is the residual function (calibration); the others are the evidence
+    calib = [contrast(g(f"resnet{d}:pnnh"), g(f"resnet{d}:residual"), "on par") for d in (56, 110)]
+    variants = [("resnet56", "code_ratio=0.0625"), ("resnet56", "code_ratio=0.25"), ("resnet56", "code_ratio=0.5"),
+                ("resnet110", "code_ratio=0.25"), ("resnet56", "coder=learned,coder_share=stage"),
+                ("resnet56", "coder=learned,coder_share=block")]
+    evidence = [(f"{m}:pnnh:{v}", contrast(g(f"{m}:pnnh:{v}"), g(f"{m}:residual"), "on par")) for m, v in variants]
+    holding = [k for k, c in evidence if c["verdict"] == "holds"]
+    failing = [k for k, c in evidence if c["verdict"] == "does not hold"]
+    verdict = ("holds" if holding and not failing else "does not hold" if failing and not holding
+               else "undecided")
+    if holding and failing:
+        verdict = "holds in part"
+    rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
+                 "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
+                 + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
+                   f"construction): {fmt_c(calib[0])} at 56, {fmt_c(calib[1])} at 110",
+                 "decided_by": "pnnh variants whose code is not the identity (narrow or learned coders) vs residual",
+                 "verdict": verdict,
+                 "why": (f"on par: {', '.join(holding) or 'none'}; not: {', '.join(failing) or 'none'}; "
+                         f"the rest undecided. The default coder's match is an A/A test, not evidence")})
+    # parameter efficiency: half the learner, with the residual net at half the learner as the control
+    thin_p = contrast(g("resnet56:pnnh:learner_ratio=0.5"), g("resnet56:residual"), "on par")
+    thin_r = contrast(g("resnet56:residual:learner_ratio=0.5"), g("resnet56:residual"), "on par")
+    share = contrast(g("resnet56:pnnh:learner_ratio=0.5"), g("resnet56:residual:learner_ratio=0.5"), "on par")
+    if thin_p["verdict"] == "holds" and thin_r["verdict"] == "holds":
+        v, why = "not PNNH's", "the thin residual net is on par with the full one too: the budget, not PNNH"
+    elif thin_p["verdict"] == "holds" and thin_r["verdict"] == "does not hold":
+        v, why = "holds", "the thin PNNH net is on par and the thin residual net is not"
+    elif thin_p["verdict"] == "does not hold":
+        v, why = "does not hold", "the thin PNNH net falls more than the margin behind the full residual net"
+    else:
+        v, why = "undecided", f"thin pnnh: {thin_p['why']}; thin residual: {thin_r['why']}"
+    rows.append({"claim": "2x parameter efficiency (half the parameters, on par)",
+                 "measured": f"learner_ratio=0.5 (0.5x parameters) minus full residual: pnnh {fmt_c(thin_p)}, "
+                             f"residual {fmt_c(thin_r)}; thin pnnh - thin residual {fmt_c(share)} points",
+                 "decided_by": "thin pnnh vs full residual, controlled by thin residual vs full residual",
+                 "verdict": v, "why": why})
+    return rows
+
+
+def worst(*cs: dict) -> str:
+    verdicts = [c["verdict"] for c in cs]
+    for v in ("does not hold", "undecided"):
+        if v in verdicts:
+            return v
+    return "holds"
+
+
+def probe_claim() -> dict:
+    path = ROOT / "docs/figures/probe_resnet56/probe.json"
+    runs = {r["kind"]: r for r in json.loads(path.read_text())}
+    at = [10, 20, 40, 54]
+    cka = {k: [runs[k]["layers"][i]["cka"] for i in at] for k in runs}
+    floor = {k: runs[k]["noise_floor"]["cka"] for k in runs}
+    # where the plain kind's CKA with the input first comes within 3x its noise floor
+    gone = next((l["index"] for l in runs["plain"]["layers"] if l["cka"] < 3 * floor["plain"]), None)
+    kept = gone is not None and runs["residual"]["layers"][gone]["cka"] > 10 * floor["residual"]
+    return {"claim": "Dissipating inputs: a plain net's layers lose the input",
+            "measured": "CKA with the input at layers " + "/".join(map(str, at)) + ": "
+                        + "; ".join(f"{k} " + " / ".join(f"{v:.2f}" for v in cka[k]) for k in ("residual", "plain", "pnnh"))
+                        + f"; plain within 3x its noise floor ({floor['plain']:.3f}) from layer {gone}",
+            "decided_by": "resnet56 at initialisation, 256 CIFAR-10 (JPEG q75 copy) test images, one seed, "
+                          "`pnnh probe` (CKA and R^2; DISTS needs VGG16 weights, not available offline)",
+            "verdict": "holds" if kept else "does not hold",
+            "why": (f"at layer {gone} the residual kind still keeps CKA {runs['residual']['layers'][gone]['cka']:.2f}"
+                    if kept else "the plain kind keeps the input as long as the residual kind")}
+
+
+def theory_claims() -> list[dict]:
+    t = json.loads((ROOT / "docs/figures/theory/theory.json").read_text())
+    s = t["settings"]
+    p, r = t["theorem_3_2"]["plain"], t["theorem_3_2"]["residual"]
+    off = max(abs(p["var_ratio"] / p["predicted"]["var"] - 1), abs(r["var_ratio"] / r["predicted"]["var"] - 1))
+    pm, rm = t["theorem_3_2_at_mu"]["plain"], t["theorem_3_2_at_mu"]["residual"]
+    rows = [{"claim": "Theorem 3.2: pre-activation variance 2 sigma^2 (plain), 3 sigma^2 (residual)",
+             "measured": f"zero-mean input: {p['var_ratio']:.3f} / {r['var_ratio']:.3f}; mean {s['mu']:g} input: "
+                         f"{pm['var_ratio']:.3f} / {rm['var_ratio']:.3f} (exact {pm['exact_var']:g} / {rm['exact_var']:g})",
+             "decided_by": f"Monte Carlo, He-normal, width {s['width']}, {s['samples']} samples (`pnnh theory`)",
+             "verdict": "holds" if off < 0.02 else "does not hold",
+             "why": f"within {100 * off:.1f}% for zero-mean inputs; for mean mu the variances are "
+                    f"2(mu^2+sigma^2) and 2(mu^2+sigma^2)+sigma^2, so the 2/3 sigma^2 form needs mu = 0"}]
+    res = [x for x in t["theorem_3_3"] if x["kind"] == "residual"]
+    plain = [x for x in t["theorem_3_3"] if x["kind"] == "plain"]
+    above = all(x["survival"] >= x["bound"] for x in res)
+    rows.append({"claim": "Theorem 3.3: a residual layer keeps a lower bound on surviving neurons; a plain one none",
+                 "measured": f"residual survival {min(x['survival'] for x in res):.2f}-{max(x['survival'] for x in res):.2f} "
+                             f"(Cantelli bound {min(x['bound'] for x in res):.2f}-{max(x['bound'] for x in res):.2f}); "
+                             f"plain {min(x['survival'] for x in plain):.2f}-{max(x['survival'] for x in plain):.2f} "
+                             f"over {len(res)} layers",
+                 "decided_by": "Monte Carlo through a He-normal stack (`pnnh theory`)",
+                 "verdict": "holds" if above else "does not hold",
+                 "why": "measured survival above the bound at every depth (the bound is loose)" if above
+                        else "a residual layer fell below the bound"})
+    return rows
+
+
+def throughput_claim(acc: dict[str, dict]) -> dict:
+    path = RESULTS / "throughput" / "resnet56_controls_b128.json"
+    base = {"claim": "Up to 0.3x higher training throughput",
+            "decided_by": "`pnnh bench`, training img/s ratios, entries interleaved in one process"}
+    if not path.exists():
+        return {**base, "measured": "not run", "verdict": "undecided", "why": f"{path.name} missing"}
+    r = {e["label"]: e for e in json.loads(path.read_text())["entries"]}
+    ratio = {k: v["train_img_s"] / r["resnet56:residual"]["train_img_s"] for k, v in r.items()}
+    thin = ratio.get("resnet56:pnnh:learner_ratio=0.5", float("nan")) / ratio.get("resnet56:residual:learner_ratio=0.5", float("nan"))
+    same = [k for k in ratio if ":pnnh" in k and "learner_ratio" not in k]
+    lo, hi = min(ratio[k] for k in same), max(ratio[k] for k in same)
+    fast_thin = ratio.get("resnet56:pnnh:learner_ratio=0.5", 0.0)
+    if hi >= 1.3:
+        verdict, why = "holds", "a pnnh net with the residual net's learner trains at least 1.3x faster"
+    elif fast_thin >= 1.3 and thin < 1.3:
+        verdict, why = ("not PNNH's", f"the thin pnnh net trains {fast_thin:.2f}x the full residual net, but the thin "
+                        f"residual net gains as much (thin pnnh / thin residual {thin:.2f}x): the gain is the thinner "
+                        f"learner's; at the same learner every pnnh variant trains at {lo:.2f}-{hi:.2f}x")
+    else:
+        verdict, why = "does not hold", f"every pnnh variant trains at {lo:.2f}-{max(hi, fast_thin):.2f}x the residual net"
+    return {**base, "measured": "vs residual resnet56: " + ", ".join(f"{k.split(':', 1)[1]} {v:.2f}x"
+                                                                      for k, v in ratio.items() if k != "resnet56:residual")
+                                + f"; thin pnnh / thin residual {thin:.2f}x (batch 128, channels-last, 2 threads)",
+            "verdict": verdict, "why": why + " (whether the thin nets keep the accuracy: the parameter row)"}
+
+
+def transformer_claim() -> dict:
+    folder = RESULTS / "vit"
+    base = {"claim": "PNNH Transformers on par with residual ViTs", "decided_by": "vit_cifar_12/24, pnnh vs residual"}
+    if not folder.exists():
+        return {**base, "measured": "not run", "verdict": "undecided", "why": "the ViT benchmark has not run yet"}
+    acc, _ = finished_runs(folder)
+    acc = {k: stats(v) for k, v in acc.items()}
+    cs = {d: contrast(acc.get(f"vit_cifar_{d}:pnnh"), acc.get(f"vit_cifar_{d}:residual"), "on par") for d in (12, 24)}
+    return {**base, "measured": ", ".join(f"depth {d}: pnnh - residual {fmt_c(c)}" for d, c in cs.items()),
+            "verdict": worst(*cs.values()), "why": "; ".join(c["why"] for c in cs.values())}
+
+
+def width_plot(acc: dict[str, dict], out: Path) -> None:
+    """Accuracy against the code's width (0: the plain kind; 1: the default pnnh), per depth."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for depth, colour in ((56, "C0"), (110, "C1")):
+        pts = [(0.0, acc.get(f"resnet{depth}:plain")), (1.0, acc.get(f"resnet{depth}:pnnh"))]
+        pts += [(w, acc.get(f"resnet{depth}:pnnh:code_ratio={w}")) for w in (0.0625, 0.25, 0.5)]
+        pts = sorted((w, s) for w, s in pts if s is not None)
+        if pts:
+            ax.errorbar([w for w, _ in pts], [s["mean"] for _, s in pts],
+                        yerr=[2 * s["se"] if s["n"] > 1 else 0 for _, s in pts], marker="o", color=colour,
+                        capsize=3, label=f"resnet{depth} pnnh (0 = plain)")
+        ref = acc.get(f"resnet{depth}:residual")
+        if ref:
+            ax.axhline(ref["mean"], color=colour, linestyle="--", label=f"resnet{depth} residual")
+    ax.set(xscale="symlog", xlabel="code width / block width (code_ratio)", ylabel="final test accuracy (%)",
+           title="How much of the input must cross each layer")
+    ax.set_xticks([0, 0.0625, 0.25, 0.5, 1], ["0", "1/16", "1/4", "1/2", "1"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out)
+
+
+def main() -> None:
+    raw, budget = finished_runs(RESULTS / "evidence")
+    acc = {k: stats(v) for k, v in raw.items()}
+    rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(acc), transformer_claim()]
+    lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
+    entries = ["| entry | final test accuracy, mean ± std over seeds | per seed |", "|---|---|---|"]
+    entries += [f"| {k} | {fmt(s)} | {', '.join(f'{v:.2f}' for v in s['values'])} |" for k, s in sorted(acc.items())]
+    b = budget or {}
+    text = "\n".join(["# The paper's claims, decided", "",
+                      "Made by `python benchmarks/verdict.py` from the committed measurements; rules in its docstring "
+                      f"(margin {MARGIN:g} point, 2 standard errors, {SEEDS_NEEDED} seeds needed).", "",
+                      *lines, "", "## The evidence matrix's finished runs", "",
+                      f"CIFAR-10 (JPEG q75 copy), {b.get('train_subset')} training images, {b.get('epochs')} epochs, "
+                      f"batch {b.get('batch_size')}, {b.get('opt')} lr {b.get('lr')} {b.get('sched')}, label smoothing "
+                      f"{b.get('label_smoothing')}, weight decay {b.get('weight_decay')}; the full 10,000-image test set. "
+                      "Command: `JOBS=2 bash benchmarks/evidence.sh`.", "", *entries, ""])
+    write_atomic(RESULTS / "verdict.md", text)
+    write_json(RESULTS / "verdict.json", {"rules": {"margin_points": MARGIN, "seeds_needed": SEEDS_NEEDED},
+                                          "claims": rows, "entries": acc, "budget": budget})
+    width_plot(acc, RESULTS / "evidence" / "width.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

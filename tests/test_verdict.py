@@ -1,0 +1,57 @@
+"""The rules that decide the paper's claims (benchmarks/verdict.py): the contrasts and the refusal to mix budgets."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("verdict", ROOT / "benchmarks" / "verdict.py")
+verdict = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(verdict)
+
+
+def test_contrast_rules() -> None:
+    s = verdict.stats
+    residual = s([80.0, 80.4, 79.6])
+    assert verdict.contrast(s([79.9, 80.3, 80.1]), residual, "on par")["verdict"] == "holds"
+    behind = s([70.0, 70.5, 69.5])
+    assert verdict.contrast(behind, residual, "on par")["verdict"] == "does not hold"
+    assert verdict.contrast(behind, residual, "behind")["verdict"] == "holds"
+    assert verdict.contrast(residual, residual, "behind")["verdict"] == "does not hold"
+    # 1.5 points down with a wide spread: neither excluded
+    wide = s([76.5, 80.5, 78.5])
+    assert verdict.contrast(wide, residual, "on par")["verdict"] == "undecided"
+    # fewer seeds than needed decide nothing, however clear the gap
+    two = verdict.contrast(s([50.0, 50.1]), residual, "behind")
+    assert two["verdict"] == "undecided" and "2 of 3 seeds" in two["why"]
+    assert verdict.contrast(None, residual, "on par")["why"] == "runs missing (not run)"
+    d = verdict.contrast(behind, residual, "on par")
+    assert d["diff"] == pytest.approx(-10.0)
+    assert d["se"] == pytest.approx((0.5 ** 2 / 3 + 0.4 ** 2 / 3) ** 0.5)  # stdevs 0.5 and 0.4, 3 seeds each
+
+
+def _run(folder: Path, name: str, epochs_done: int, **cfg) -> None:
+    run = folder / "stage" / "runs" / name
+    run.mkdir(parents=True)
+    config = {"model": "resnet56", "kind": "residual", "model_kwargs": {}, "seed": 0, "epochs": 2, "lr": 0.1,
+              "device": "cpu", "output": str(run), **cfg}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "test_acc": 0.5 + 0.1 * e}) + "\n"
+                                               for e in range(epochs_done)))
+
+
+def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) -> None:
+    _run(tmp_path, "a0", 2)
+    _run(tmp_path, "a1", 2, seed=1, device="cuda")  # where it ran is not the budget
+    _run(tmp_path, "p0", 2, kind="pnnh", model_kwargs={"code_ratio": 0.25})
+    _run(tmp_path, "p1", 1, kind="pnnh", model_kwargs={"code_ratio": 0.25}, seed=1)  # still training
+    acc, budget = verdict.finished_runs(tmp_path)
+    assert acc == {"resnet56:residual": [pytest.approx(60.0), pytest.approx(60.0)],
+                   "resnet56:pnnh:code_ratio=0.25": [pytest.approx(60.0)]}
+    assert budget == {"epochs": 2, "lr": 0.1}
+    _run(tmp_path, "x0", 2, lr=0.2, seed=2)
+    with pytest.raises(SystemExit, match="differ in lr"):
+        verdict.finished_runs(tmp_path)
