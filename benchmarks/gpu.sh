@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu.sh                      # RECIPE=fast: 30 epochs, batch 512, one-cycle, bf16
 #   RECIPE=he bash benchmarks/gpu.sh            # He et al. 2016: 164 epochs, batch 128, lr 0.1 /10 at 50% and 75%
 #   DATA_DIR=/data/cifar10-jpeg OUT=... SEED=1  # where the CIFAR-10 JPEG copy is, where the report goes
-# Smoke test on a CPU (seconds, not a result): DEVICE=cpu EXTRA="--train-subset 256 --test-subset 256 --epochs 1"
+# Smoke test on a CPU (seconds, not a result): DEVICE=cpu EXTRA="--train-subset 256 --test-subset 256 --epochs 1 --batch-size 64"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PNNH=${PNNH:-.venv/bin/pnnh}

@@ -1,6 +1,7 @@
 """The verdict on each of the paper's claims, decided by fixed rules from the measurements committed here.
 
-    python benchmarks/verdict.py        # prints the table; writes benchmarks/results/verdict.{md,json}, width.png
+    python benchmarks/verdict.py           # prints the table; writes benchmarks/results/verdict.{md,json}, width.png
+    python benchmarks/verdict.py --readme  # also puts the table in README.md, between its verdict markers
 
 Inputs (each made by a command of this repository, named in the output):
 - the evidence matrix's finished runs, benchmarks/results/evidence/*/runs/* (benchmarks/evidence.sh);
@@ -289,6 +290,13 @@ def main() -> None:
     write_json(RESULTS / "verdict.json", {"rules": {"margin_points": MARGIN, "seeds_needed": SEEDS_NEEDED},
                                           "claims": rows, "entries": acc, "budget": budget})
     width_plot(acc, RESULTS / "evidence" / "width.png")
+    if "--readme" in sys.argv[1:]:
+        readme = (ROOT / "README.md").read_text()
+        start, end = "<!-- verdict: made by benchmarks/verdict.py -->", "<!-- /verdict -->"
+        if start not in readme or end not in readme:
+            sys.exit(f"verdict: README.md has no {start} ... {end} markers to put the table between")
+        head, rest = readme.split(start, 1)
+        write_atomic(ROOT / "README.md", head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
     print(text)
 
 
