@@ -106,7 +106,8 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     # the phenomenon: plain nets fall behind residual ones, more so with depth
     c56, c110 = (contrast(g(f"resnet{d}:plain"), g(f"resnet{d}:residual"), "behind") for d in (56, 110))
     rows.append({"claim": "Plain nets fall behind residual nets with depth (the premise)",
-                 "measured": f"plain - residual: depth 56 {fmt_c(c56)}, depth 110 {fmt_c(c110)} points",
+                 "measured": f"plain - residual: depth 56 {fmt_c(c56)}, depth 110 {fmt_c(c110)} points; "
+                             + "; ".join(f"{k} {fmt(g(k))}" for d in (56, 110) for k in (f"resnet{d}:residual", f"resnet{d}:plain")),
                  "decided_by": "plain vs residual, same learner, same budget",
                  "verdict": worst(c56, c110), "why": f"56: {c56['why']}; 110: {c110['why']}"})
     # PNNH on par: the default coder is the residual function (calibration); the others are the evidence
@@ -275,6 +276,10 @@ def main() -> None:
     rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(acc), transformer_claim()]
     lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
+    done = sum(v["n"] for v in acc.values())
+    lines += ["", f"Evidence matrix: {done} trainings finished; entries with {SEEDS_NEEDED} seeds or more: "
+                  f"{', '.join(k for k, v in sorted(acc.items()) if v['n'] >= SEEDS_NEEDED) or 'none yet'}. "
+                  "Differences are in points of test accuracy, ± 2 standard errors."]
     entries = ["| entry | final test accuracy, mean ± std over seeds | per seed |", "|---|---|---|"]
     entries += [f"| {k} | {fmt(s)} | {', '.join(f'{v:.2f}' for v in s['values'])} |" for k, s in sorted(acc.items())]
     b = budget or {}
