@@ -27,3 +27,6 @@ done
 resnet56:pnnh:code_ratio=0.25,resnet56:pnnh:code_ratio=0.5,resnet56:pnnh:coder=learned,coder_share=stage,\
 resnet56:pnnh:coder=learned,coder_share=block,resnet56:residual:learner_ratio=0.5,resnet56:pnnh:learner_ratio=0.5" \
   --batch-size 128 --repeats 5 --channels-last --json > "$OUT/resnet56_controls_b128.json"
+# The CIFAR ViTs in the three kinds (issue: ViTs), with resnet56 for scale.
+"$PNNH" bench --models "vit_cifar_12:residual,vit_cifar_12:plain,vit_cifar_12:pnnh,vit_cifar_24:residual,\
+vit_cifar_24:plain,vit_cifar_24:pnnh,resnet56:residual" --batch-size 64 --repeats 5 --steps 2 --json > "$OUT/vit_cifar_b64.json"
