@@ -8,6 +8,7 @@
 #   bash benchmarks/evidence.sh                # every stage, in order, one run at a time
 #   bash benchmarks/evidence.sh a_depth56      # one stage
 #   JOBS=2 bash benchmarks/evidence.sh         # two runs at once, one torch thread each (2 cores)
+#   JOBS=2 bash benchmarks/evidence.sh vit12 vit24   # the ViTs (issue: ViTs), their own recipe and folder
 # With JOBS>1 the (stage, seed, entry) runs are taken from one queue, seed 0 of a stage before seed 1,
 # by JOBS workers with OMP_NUM_THREADS=1 each; each run is a one-entry, one-seed compare, so a stage's
 # report.md is partial until the closing full compare of that stage, which only reads finished runs.
@@ -16,32 +17,42 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-1}
 export OMP_NUM_THREADS=${THREADS:-$(( JOBS > 1 ? 1 : 2 ))}
 PNNH=${PNNH:-.venv/bin/pnnh}
-OUT=benchmarks/results/evidence
 SEEDS=(0 1 2)
 # The budget: residual resnet56 must reach at least 75% test accuracy on it: 20,000 x 8 reached 76.37%
 # (one seed; 10,000 x 15 reached 74.41%; benchmarks/results/recipe/README.md). compare refuses to mix budgets.
 RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 20000
         --epochs 8 --batch-size 128 --opt sgd --lr 0.2 --sched onecycle --label-smoothing 0.1
         --weight-decay 5e-4 --workers 0 --channels-last)
-# Entries are separated by spaces here (an entry's own options by commas).
+# The ViTs' budget: a Transformer recipe (AdamW, warm-up + cosine, label smoothing, gradient clipping) on
+# 10,000 images x 10 epochs; into benchmarks/results/evidence_vit/ (one verdict never mixes budgets).
+VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 10000
+            --epochs 10 --batch-size 128 --opt adamw --lr 1e-3 --weight-decay 0.05 --sched cosine
+            --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --workers 0)
+recipe() { if [[ $1 == vit* ]]; then echo VIT_RECIPE; else echo RECIPE; fi; }
+out() { if [[ $1 == vit* ]]; then echo benchmarks/results/evidence_vit/$1; else echo benchmarks/results/evidence/$1; fi; }
+# Entries are separated by spaces here (an entry's own options by commas). The default pnnh coder computes
+# the residual function (an A/A calibration); code_ratio < 1 and learned coders are the PNNH evidence.
 declare -A STAGES=(
   [a_depth56]="resnet56:residual resnet56:plain resnet56:pnnh"
   [b_thin56]="resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5 resnet56:plain:learner_ratio=0.5"
   [c_width56]="resnet56:pnnh:code_ratio=0.0625 resnet56:pnnh:code_ratio=0.25 resnet56:pnnh:code_ratio=0.5"
   [d_learned56]="resnet56:pnnh:coder=learned,coder_share=stage resnet56:pnnh:coder=learned,coder_share=block"
   [e_depth110]="resnet110:residual resnet110:plain resnet110:pnnh resnet110:pnnh:code_ratio=0.25"
+  [vit12]="vit_cifar_12:residual vit_cifar_12:plain vit_cifar_12:pnnh vit_cifar_12:pnnh:code_ratio=0.5"
+  [vit24]="vit_cifar_24:residual vit_cifar_24:plain vit_cifar_24:pnnh vit_cifar_24:pnnh:code_ratio=0.5"
 )
 ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110)
 stages=("${@:-${ORDER[@]}}")
 for stage in "${stages[@]}"; do
-  [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]}" >&2; exit 2; }
+  [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24" >&2; exit 2; }
 done
 
 full_compare() {  # the stage's report over every entry and seed (trains whatever is missing)
   local stage=$1 seeds entries
+  local -n args=$(recipe "$stage")
   seeds=$(IFS=,; echo "${SEEDS[*]}"); entries=${STAGES[$stage]// /,}
   echo "== $stage: $entries" >&2
-  "$PNNH" compare "${RECIPE[@]}" --seeds "$seeds" --entries "$entries" --output "$OUT/$stage"
+  "$PNNH" compare "${args[@]}" --seeds "$seeds" --entries "$entries" --output "$(out "$stage")"
 }
 
 if [ "$JOBS" -le 1 ]; then
@@ -63,8 +74,9 @@ worker() {
   for job in "$queue"/[0-9]*; do
     mkdir "$job.taken" 2>/dev/null || continue  # atomic: one worker per run
     read -r stage seed entry < "$job"
+    local -n args=$(recipe "$stage")
     echo "== worker $1: $stage seed $seed $entry" >&2
-    "$PNNH" compare "${RECIPE[@]}" --seed "$seed" --seeds 1 --entries "$entry" --output "$OUT/$stage" > /dev/null \
+    "$PNNH" compare "${args[@]}" --seed "$seed" --seeds 1 --entries "$entry" --output "$(out "$stage")" > /dev/null \
       || echo "== worker $1: $stage seed $seed $entry failed (exit $?)" >&2
   done
 }
