@@ -42,6 +42,8 @@ declare -A STAGES=(
   [vit24]="vit_cifar_24:residual vit_cifar_24:plain vit_cifar_24:pnnh vit_cifar_24:pnnh:code_ratio=0.5"
 )
 ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110)
+
+main() {  # one function, parsed whole before it runs: editing this file mid-run cannot change a running matrix
 stages=("${@:-${ORDER[@]}}")
 for stage in "${stages[@]}"; do
   [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24" >&2; exit 2; }
@@ -57,7 +59,7 @@ full_compare() {  # the stage's report over every entry and seed (trains whateve
 
 if [ "$JOBS" -le 1 ]; then
   for stage in "${stages[@]}"; do full_compare "$stage"; done
-  exit 0
+  return 0
 fi
 
 queue=$(mktemp -d); trap 'rm -rf "$queue"' EXIT
@@ -84,3 +86,6 @@ pids=()
 for w in $(seq 1 "$JOBS"); do worker "$w" & pids+=($!); done
 wait "${pids[@]}"
 for stage in "${stages[@]}"; do full_compare "$stage"; done
+}
+
+main "$@"; exit
