@@ -30,16 +30,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
-from pnnh.train import RESUME_SAFE  # noqa: E402
+from pnnh.bench import Entry  # noqa: E402
+from pnnh.train import RESUME_SAFE, read_metrics  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
 PER_RUN = ("model", "kind", "model_kwargs", "seed")
-
-
-def label(cfg: dict) -> str:
-    kw = ",".join(f"{k}={v}" for k, v in sorted(cfg["model_kwargs"].items()))
-    return f"{cfg['model']}:{cfg['kind']}" + (f":{kw}" if kw else "")
 
 
 def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
@@ -50,7 +46,7 @@ def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
     for run in sorted(folder.glob("*/runs/*")):
         try:
             cfg = json.loads((run / "config.json").read_text())
-            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            rows = read_metrics(run)
         except (OSError, ValueError):
             continue  # started, nothing finished yet
         if len(rows) != cfg["epochs"]:
@@ -61,7 +57,7 @@ def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
         elif this != budget:
             keys = sorted(k for k in set(this) | set(budget) if this.get(k) != budget.get(k))
             sys.exit(f"verdict: {run} and {budget_from} differ in {', '.join(keys)}: one verdict cannot mix budgets")
-        accs.setdefault(label(cfg), {})[cfg["seed"]] = 100 * rows[-1]["test_acc"]
+        accs.setdefault(Entry(cfg["model"], cfg["kind"], cfg["model_kwargs"]).label, {})[cfg["seed"]] = 100 * rows[-1]["test_acc"]
     return {k: [v[s] for s in sorted(v)] for k, v in accs.items()}, budget
 
 
@@ -118,10 +114,8 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     evidence = [(f"{m}:pnnh:{v}", contrast(g(f"{m}:pnnh:{v}"), g(f"{m}:residual"), "on par")) for m, v in variants]
     holding = [k for k, c in evidence if c["verdict"] == "holds"]
     failing = [k for k, c in evidence if c["verdict"] == "does not hold"]
-    verdict = ("holds" if holding and not failing else "does not hold" if failing and not holding
-               else "undecided")
-    if holding and failing:
-        verdict = "holds in part"
+    verdict = ("holds in part" if holding and failing else "holds" if holding
+               else "does not hold" if failing else "undecided")
     rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
                  "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
                  + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
@@ -206,7 +200,7 @@ def theory_claims() -> list[dict]:
     return rows
 
 
-def throughput_claim(acc: dict[str, dict]) -> dict:
+def throughput_claim() -> dict:
     path = RESULTS / "throughput" / "resnet56_controls_b128.json"
     base = {"claim": "Up to 0.3x higher training throughput",
             "decided_by": "`pnnh bench`, training img/s ratios, entries interleaved in one process"}
@@ -281,7 +275,7 @@ def width_plot(acc: dict[str, dict], out: Path) -> None:
 def main() -> None:
     raw, budget = finished_runs(RESULTS / "evidence")
     acc = {k: stats(v) for k, v in raw.items()}
-    rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(acc), transformer_claim()]
+    rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(), transformer_claim()]
     lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
     done = sum(v["n"] for v in acc.values())

@@ -22,7 +22,7 @@ from .errors import PnnhError
 from .io import make_dir, save_figure, write_atomic, write_json
 from .profile import count_params
 from .progress import bar, log
-from .train import TrainConfig, config_differences, train
+from .train import TrainConfig, config_differences, read_metrics, train
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -61,7 +61,7 @@ def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict 
         return {"checkpoint": checkpoint, "history": checkpoint["history"], "model_config": checkpoint["model_config"],
                 "done": (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0)}
     try:
-        history = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = read_metrics(path)
         spec = json.loads((path / "model.json").read_text())
     except (OSError, ValueError):
         return None  # started but never checkpointed: train it from the start

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import signal
 import time
@@ -248,6 +249,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / count, "top1": correct1 / count, "top5": correct5 / count, "images": int(count),
             "img_per_s": count / seconds}
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The per-epoch rows of a run's metrics.jsonl (OSError or ValueError if missing or unreadable)."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
