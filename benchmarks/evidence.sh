@@ -25,9 +25,11 @@ RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}"
         --weight-decay 5e-4 --workers 0 --channels-last)
 # The ViTs' budget: a Transformer recipe (AdamW, warm-up + cosine, label smoothing, gradient clipping) on
 # 10,000 images x 10 epochs; into benchmarks/results/evidence_vit/ (one verdict never mixes budgets).
+# Tested after epochs 5 and 10 only: a ViT's pass over the 10,000 test images costs about a third of a
+# training epoch on this CPU, so testing every epoch would add a quarter to the matrix.
 VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 10000
             --epochs 10 --batch-size 128 --opt adamw --lr 1e-3 --weight-decay 0.05 --sched cosine
-            --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --workers 0)
+            --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --eval-every 5 --workers 0)
 recipe() { if [[ $1 == vit* ]]; then echo VIT_RECIPE; else echo RECIPE; fi; }
 out() { if [[ $1 == vit* ]]; then echo benchmarks/results/evidence_vit/$1; else echo benchmarks/results/evidence/$1; fi; }
 # Entries are separated by spaces here (an entry's own options by commas). The default pnnh coder computes

@@ -107,12 +107,18 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
 
 def test_compare_cli_variants(tmp_path: Path) -> None:
     result = run_cli("compare", "--model", "resnet20", "--kinds", "residual,pnnh", "--pnnh-learner-ratio", "0.5",
-                     "--data", "fashion-mnist", "--train-subset", "32", "--test-subset", "32", "--epochs", "1",
-                     "--batch-size", "32", "--seeds", "1", "--workers", "0", "--output", tmp_path / "r", "--json")
+                     "--data", "fashion-mnist", "--train-subset", "32", "--test-subset", "32", "--epochs", "2",
+                     "--eval-every", "3", "--batch-size", "32", "--seeds", "1", "--workers", "0",
+                     "--output", tmp_path / "r", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert [(e["kind"], e["variant"]) for e in out["entries"]] == [("residual", "default"),
                                                                    ("pnnh", "learner_ratio=0.5")]
+    # --eval-every 3 of 2 epochs: only the last is tested; best and final are that one test
+    metrics = pnnh.train.read_metrics(tmp_path / "r" / "runs" / "resnet20-residual-seed0")
+    assert [row["test_acc"] is None for row in metrics] == [True, False]
+    assert all(e["best_acc_mean"] == e["test_acc_mean"] for e in out["entries"])
+    assert (tmp_path / "r" / "curves.png").exists()
     assert out["command"].startswith("pnnh compare --model resnet20")
     assert_one_line_error(run_cli("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
 

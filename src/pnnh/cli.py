@@ -51,6 +51,7 @@ TRAIN_HELP = {
     "log": "none | tensorboard: per-epoch metrics and lr as TensorBoard events in <output>/tensorboard",
     "image_pipeline": "image folders: auto (by image size; mixed sizes refused) | memory | stream",
     "checkpoint_every": "also write last.pt every N optimiser steps", "clip_grad": "clip the gradient norm to this",
+    "eval_every": "evaluate on the test split every N epochs (and after the last; other epochs' test metrics are null)",
     "checkpoint_minutes": "write last.pt at least this often during an epoch (0: off)",
     "mixup": "Beta alpha of mixup on the batch (e.g. 0.8; 0: off)", "cutmix": "Beta alpha of CutMix (e.g. 1.0; 0: off)",
 }

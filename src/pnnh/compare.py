@@ -138,7 +138,7 @@ def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainCon
     for e in entries:
         hs = [runs[(e.label, s)]["history"] for s in seeds]
         final = [h[-1]["test_acc"] for h in hs]
-        best = [max(r["test_acc"] for r in h) for h in hs]
+        best = [max(r["test_acc"] for r in h if r["test_acc"] is not None) for h in hs]  # --eval-every: gaps
         train_acc = [h[-1]["train_acc"] for h in hs]
         img_s = [statistics.fmean(r["img_per_s"] for r in h) for h in hs]
         seconds = [sum(r["seconds"] for r in h) for h in hs]
@@ -239,10 +239,10 @@ def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in entries:
         hs = [runs[(r["label"], s)]["history"] for s in seeds]
-        epochs = [row["epoch"] for row in hs[0]]
         for ax, key in zip(axes, ("test_acc", "train_loss")):
-            values = [statistics.fmean(h[i][key] for h in hs) for i in range(len(epochs))]
-            ax.plot(epochs, values, marker="o", label=r["label"])
+            rows = [i for i in range(len(hs[0])) if all(h[i][key] is not None for h in hs)]  # --eval-every: gaps
+            ax.plot([hs[0][i]["epoch"] for i in rows], [statistics.fmean(h[i][key] for h in hs) for i in rows],
+                    marker="o", label=r["label"])
     axes[0].set(xlabel="epoch", ylabel="test accuracy (mean over seeds)")
     axes[1].set(xlabel="epoch", ylabel="training loss (mean over seeds)")
     axes[0].legend(fontsize=8)

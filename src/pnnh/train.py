@@ -64,6 +64,7 @@ class TrainConfig:
     workers: int = 4
     output: str | None = None         # run folder; default runs/<model>-<kind>-seed<seed>
     log: str = "none"                 # none | tensorboard (per-epoch metrics and lr, beside metrics.jsonl)
+    eval_every: int = 1               # evaluate on the test split every N epochs, and always after the last
     checkpoint_every: int = 0         # also write last.pt every N steps (0: only by time and at epoch ends)
     checkpoint_minutes: float = 10.0  # write last.pt at least this often during an epoch (0: off)
     stop_after_steps: int | None = None  # behave as if interrupted after this many steps (for testing resume)
@@ -111,7 +112,7 @@ RANGES = {
     "image_size": (lambda v: v >= 8, "at least 8"), "seed": (lambda v: v >= 0, "0 or more"),
     "workers": (lambda v: v >= 0, "0 or more"), "train_subset": (lambda v: v >= 1, "at least 1"),
     "test_subset": (lambda v: v >= 1, "at least 1"), "stop_after_steps": (lambda v: v >= 1, "at least 1"),
-    "checkpoint_every": (lambda v: v >= 0, "0 or more"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
+    "checkpoint_every": (lambda v: v >= 0, "0 or more"), "eval_every": (lambda v: v >= 1, "at least 1"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
 }
 # What a resumed run (or a compare reusing a run) may differ in: where and how it runs, not what it computes.
 RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps", "log", "cache_dir")
@@ -517,18 +518,20 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
             check_finite("at the end of the epoch")
             seconds = seconds_before + time.perf_counter() - start
             train_loss, train_correct, train_seen = distributed.all_reduce_sum(sums.tolist(), device)
-            result = evaluate(forward, test_loader, device, cfg.amp, desc=f"eval {epoch + 1}/{cfg.epochs}")
+            tested = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+            result = (evaluate(forward, test_loader, device, cfg.amp, desc=f"eval {epoch + 1}/{cfg.epochs}")
+                      if tested else {"loss": None, "top1": None, "top5": None})  # untested epochs: null
             history.append({"epoch": epoch + 1, "train_loss": train_loss / train_seen,
                             "train_acc": train_correct / train_seen, "test_loss": result["loss"],
                             "test_acc": result["top1"], "test_acc5": result["top5"],
                             "img_per_s": train_seen / seconds, "lr": optimizer.param_groups[0]["lr"],
                             "seconds": seconds})
             if dist_info.is_main:
+                test = f"test loss {result['loss']:.4f} acc {100 * result['top1']:.2f}%" if tested else "not tested"
                 log.info(f"epoch {epoch + 1}/{cfg.epochs} train loss {train_loss / train_seen:.4f} "
-                         f"acc {100 * train_correct / train_seen:.2f}% | test loss {result['loss']:.4f} "
-                         f"acc {100 * result['top1']:.2f}% | {train_seen / seconds:,.0f} img/s")
+                         f"acc {100 * train_correct / train_seen:.2f}% | {test} | {train_seen / seconds:,.0f} img/s")
             epoch, step_in_epoch, partial = epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
-            if result["top1"] >= best_acc and dist_info.is_main:
+            if tested and result["top1"] >= best_acc and dist_info.is_main:
                 best_acc = result["top1"]
                 save_weights(run_dir / "best.safetensors", raw_model.state_dict(),
                              {"model_config": spec, "config": asdict(cfg), "epoch": epoch, "test_acc": best_acc})
@@ -536,7 +539,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
                 write_metrics(run_dir, history)
             if board is not None:
                 for key, value in history[-1].items():
-                    if key != "epoch":
+                    if key != "epoch" and value is not None:
                         board.add_scalar(key, value, epoch)
                 board.flush()
             save(epoch, 0, torch.zeros(3, dtype=torch.float64), 0.0)
