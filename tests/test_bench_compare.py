@@ -103,6 +103,9 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
     small = compare(entries, BASE, [0, 1], out, "pnnh compare (test)")
     assert caplog.text.count("done, skipped") == 4 and "no probe of the trained models" in caplog.text
     assert small["entries"] == results["entries"]
+    # the earlier compare's probe is gone with it: the folder holds only what this report says
+    assert not (out / "probe_end.json").exists() and not list(out.glob("probe_end_*.png"))
+    assert "The probe at the end of training" not in (out / "report.md").read_text()
 
 
 def test_compare_cli_variants(tmp_path: Path) -> None:

@@ -100,6 +100,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
             models[entry.label] = model if found["checkpoint"] is not None else None
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
+    for stale in [out / "probe_end.json", *out.glob("probe_end_*.png")]:  # an earlier compare's, maybe of other runs
+        stale.unlink(missing_ok=True)
     probes = []
     if all(m is not None for m in models.values()):
         probes = probe_trained(entries, seeds[0], base, [models[e.label] for e in entries], out)
@@ -204,7 +206,9 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
                      f"{100 * r['test_acc_std']:.2f}% | {100 * r['best_acc_mean']:.2f}% | "
                      f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | "
                      f"{r['ratio_train_img_s']:.2f} | {r['train_seconds']:.0f} |")
-    lines += ["", f"Ratios are to {results['reference']}. Per-seed final test accuracies:", ""]
+    lines += ["", f"Ratios are to {results['reference']}. Train img/s is each run's own speed as it ran (a "
+              "resumed or shared-machine run is slower): a record, not a throughput comparison, which is "
+              "`pnnh bench` (entries interleaved in one process). Per-seed final test accuracies:", ""]
     lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" for a in r["test_acc"]) for r in results["entries"]]
     m = results["machine"]
     lines += ["", "## Command", "", "```", results["command"], "```", "", "## Machine", "",
