@@ -119,11 +119,19 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
                  "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
                  + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
-                   f"construction): {fmt_c(calib[0])} at 56, {fmt_c(calib[1])} at 110",
+                   f"construction): {fmt_c(calib[0])} at 56 ({calib[0]['verdict']} by the on-par rule), "
+                   f"{fmt_c(calib[1])} at 110 ({calib[1]['verdict']})",
                  "decided_by": "pnnh variants whose code is not the identity (narrow or learned coders) vs residual",
                  "verdict": verdict,
                  "why": (f"on par: {', '.join(holding) or 'none'}; not: {', '.join(failing) or 'none'}; "
-                         f"the rest undecided. The default coder's match is an A/A test, not evidence")})
+                         f"the rest undecided. The default coder's match is an A/A test, not evidence; "
+                         + {"holds": "by the same rule that pair is on par at depth 56 (the rule can resolve parity)",
+                            "does not hold": "yet by the same rule that pair is not on par at depth 56: a difference "
+                                             "beyond the function (initialisation, rounding) or chance",
+                            "undecided": "the same rule cannot resolve even that pair at depth 56 (more seeds would "
+                                         "narrow it)",
+                            "missing": "the A/A pair at depth 56 is not finished"}[
+                             calib[0]["verdict"] if calib[0]["se"] is not None else "missing"])})
     # parameter efficiency: half the learner, with the residual net at half the learner as the control
     thin_p = contrast(g("resnet56:pnnh:learner_ratio=0.5"), g("resnet56:residual"), "on par")
     thin_r = contrast(g("resnet56:residual:learner_ratio=0.5"), g("resnet56:residual"), "on par")
