@@ -75,10 +75,16 @@ for stage in "${stages[@]}"; do
 done
 worker() {
   local job stage seed entry
-  for job in "$queue"/[0-9]*; do
+  for job in "$queue"/[0-9][0-9][0-9][0-9]; do  # not the .taken marks
     mkdir "$job.taken" 2>/dev/null || continue  # atomic: one worker per run
     read -r stage seed entry < "$job"
     local -n args=$(recipe "$stage")
+    local slug=${entry//[:,]/-} epochs run
+    epochs=$(printf '%s\n' "${args[@]}" | grep -x -A1 -- --epochs | tail -1)
+    run="$(out "$stage")/runs/${slug//=/}-seed$seed"
+    if [ -f "$run/metrics.jsonl" ] && [ "$(grep -c . "$run/metrics.jsonl")" -eq "$epochs" ]; then
+      continue  # finished: a one-run compare would only replace the stage's report with a partial one
+    fi
     echo "== worker $1: $stage seed $seed $entry" >&2
     "$PNNH" compare "${args[@]}" --seed "$seed" --seeds 1 --entries "$entry" --output "$(out "$stage")" > /dev/null \
       || echo "== worker $1: $stage seed $seed $entry failed (exit $?)" >&2

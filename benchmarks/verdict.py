@@ -25,13 +25,15 @@ import json
 import math
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
 from pnnh.bench import Entry  # noqa: E402
-from pnnh.train import RESUME_SAFE, read_metrics  # noqa: E402
+from pnnh.errors import PnnhError  # noqa: E402
+from pnnh.train import RESUME_SAFE, TrainConfig, read_metrics  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
@@ -45,9 +47,9 @@ def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
     budget, budget_from = None, None
     for run in sorted(folder.glob("*/runs/*")):
         try:
-            cfg = json.loads((run / "config.json").read_text())
+            cfg = asdict(TrainConfig.from_dict(json.loads((run / "config.json").read_text())))  # with defaults
             rows = read_metrics(run)
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, PnnhError):
             continue  # started, nothing finished yet
         if len(rows) != cfg["epochs"]:
             continue  # still training

@@ -45,13 +45,14 @@ def _run(folder: Path, name: str, epochs_done: int, **cfg) -> None:
 
 def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) -> None:
     _run(tmp_path, "a0", 2)
-    _run(tmp_path, "a1", 2, seed=1, device="cuda")  # where it ran is not the budget
+    _run(tmp_path, "a1", 2, seed=1, device="cuda", eval_every=1)  # where it ran is not the budget; nor is a
+    # setting an older pnnh did not write (a0 has no eval_every) when it is at its default
     _run(tmp_path, "p0", 2, kind="pnnh", model_kwargs={"code_ratio": 0.25})
     _run(tmp_path, "p1", 1, kind="pnnh", model_kwargs={"code_ratio": 0.25}, seed=1)  # still training
     acc, budget = verdict.finished_runs(tmp_path)
     assert acc == {"resnet56:residual": [pytest.approx(60.0), pytest.approx(60.0)],
                    "resnet56:pnnh:code_ratio=0.25": [pytest.approx(60.0)]}
-    assert budget == {"epochs": 2, "lr": 0.1}
+    assert budget["epochs"] == 2 and budget["lr"] == 0.1 and budget["eval_every"] == 1
     _run(tmp_path, "x0", 2, lr=0.2, seed=2)
     with pytest.raises(SystemExit, match="differ in lr"):
         verdict.finished_runs(tmp_path)
