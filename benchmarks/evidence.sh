@@ -26,7 +26,7 @@ RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}"
 # The ViTs' budget: a Transformer recipe (AdamW, warm-up + cosine, label smoothing, gradient clipping) on
 # 10,000 images x 10 epochs; into benchmarks/results/evidence_vit/ (one verdict never mixes budgets).
 # Tested after epochs 5 and 10 only: a ViT's pass over the 10,000 test images costs about a third of a
-# training epoch on this CPU, so testing every epoch would add a quarter to the matrix.
+# training epoch on this CPU, so testing every epoch would add about a third to the matrix.
 VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 10000
             --epochs 10 --batch-size 128 --opt adamw --lr 1e-3 --weight-decay 0.05 --sched cosine
             --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --eval-every 5 --workers 0)
