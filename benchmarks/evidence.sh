@@ -25,7 +25,7 @@ RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}"
         --weight-decay 5e-4 --workers 0 --channels-last)
 # The ViTs' budget: a Transformer recipe (AdamW, warm-up + cosine, label smoothing, gradient clipping) on
 # 10,000 images x 10 epochs; into benchmarks/results/evidence_vit/ (one verdict never mixes budgets).
-# Tested after epochs 5 and 10 only: a ViT's pass over the 10,000 test images costs about a third of a
+# Tested after epochs 5 and 10 only: a ViT's pass over the 10,000 test images costs about 40% of a
 # training epoch on this CPU, so testing every epoch would add about a third to the matrix.
 VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 10000
             --epochs 10 --batch-size 128 --opt adamw --lr 1e-3 --weight-decay 0.05 --sched cosine
