@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
 from pnnh.bench import Entry  # noqa: E402
 from pnnh.errors import PnnhError  # noqa: E402
-from pnnh.train import RESUME_SAFE, TrainConfig, read_metrics  # noqa: E402
+from pnnh.train import RESUME_SAFE, TrainConfig, config_differences, read_metrics  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
@@ -47,20 +47,19 @@ def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
     budget, budget_from = None, None
     for run in sorted(folder.glob("*/runs/*")):
         try:
-            cfg = asdict(TrainConfig.from_dict(json.loads((run / "config.json").read_text())))  # with defaults
+            cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))  # with defaults
             rows = read_metrics(run)
         except (OSError, ValueError, TypeError, PnnhError):
             continue  # started, nothing finished yet
-        if len(rows) != cfg["epochs"]:
+        if len(rows) != cfg.epochs:
             continue  # still training
-        this = {k: v for k, v in cfg.items() if k not in PER_RUN and k not in RESUME_SAFE}
         if budget is None:
-            budget, budget_from = this, run
-        elif this != budget:
-            keys = sorted(k for k in set(this) | set(budget) if this.get(k) != budget.get(k))
+            budget, budget_from = cfg, run
+        elif keys := config_differences(cfg, budget, ignore=(*PER_RUN, *RESUME_SAFE)):
             sys.exit(f"verdict: {run} and {budget_from} differ in {', '.join(keys)}: one verdict cannot mix budgets")
-        accs.setdefault(Entry(cfg["model"], cfg["kind"], cfg["model_kwargs"]).label, {})[cfg["seed"]] = 100 * rows[-1]["test_acc"]
-    return {k: [v[s] for s in sorted(v)] for k, v in accs.items()}, budget
+        accs.setdefault(Entry(cfg.model, cfg.kind, cfg.model_kwargs).label, {})[cfg.seed] = 100 * rows[-1]["test_acc"]
+    shared = budget and {k: v for k, v in asdict(budget).items() if k not in (*PER_RUN, *RESUME_SAFE)}
+    return {k: [v[s] for s in sorted(v)] for k, v in accs.items()}, shared
 
 
 def stats(values: list[float] | None) -> dict | None:

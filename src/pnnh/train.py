@@ -112,7 +112,8 @@ RANGES = {
     "image_size": (lambda v: v >= 8, "at least 8"), "seed": (lambda v: v >= 0, "0 or more"),
     "workers": (lambda v: v >= 0, "0 or more"), "train_subset": (lambda v: v >= 1, "at least 1"),
     "test_subset": (lambda v: v >= 1, "at least 1"), "stop_after_steps": (lambda v: v >= 1, "at least 1"),
-    "checkpoint_every": (lambda v: v >= 0, "0 or more"), "eval_every": (lambda v: v >= 1, "at least 1"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
+    "checkpoint_every": (lambda v: v >= 0, "0 or more"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
+    "eval_every": (lambda v: v >= 1, "at least 1"),
 }
 # What a resumed run (or a compare reusing a run) may differ in: where and how it runs, not what it computes.
 RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps", "log", "cache_dir")
