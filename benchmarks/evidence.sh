@@ -10,8 +10,9 @@
 #   JOBS=2 bash benchmarks/evidence.sh         # two runs at once, one torch thread each (2 cores)
 #   JOBS=2 bash benchmarks/evidence.sh vit12 vit24   # the ViTs (issue: ViTs), their own recipe and folder
 # With JOBS>1 the (stage, seed, entry) runs are taken from one queue, seed 0 of a stage before seed 1,
-# by JOBS workers with OMP_NUM_THREADS=1 each; each run is a one-entry, one-seed compare, so a stage's
-# report.md is partial until the closing full compare of that stage, which only reads finished runs.
+# by JOBS workers with OMP_NUM_THREADS=1 each; each run is a one-entry, one-seed `compare --no-report`,
+# and the closing full compare of each stage, which only reads the finished runs, writes its report.
+# To stop: kill this script's process group (TERM; an interrupted run resumes from its last.pt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-1}
@@ -79,15 +80,9 @@ worker() {
     mkdir "$job.taken" 2>/dev/null || continue  # atomic: one worker per run
     read -r stage seed entry < "$job"
     local -n args=$(recipe "$stage")
-    local slug=${entry//[:,]/-} epochs run
-    epochs=$(printf '%s\n' "${args[@]}" | grep -x -A1 -- --epochs | tail -1)
-    run="$(out "$stage")/runs/${slug//=/}-seed$seed"
-    if [ -f "$run/metrics.jsonl" ] && [ "$(grep -c . "$run/metrics.jsonl")" -eq "$epochs" ]; then
-      continue  # finished: a one-run compare would only replace the stage's report with a partial one
-    fi
     echo "== worker $1: $stage seed $seed $entry" >&2
-    "$PNNH" compare "${args[@]}" --seed "$seed" --seeds 1 --entries "$entry" --output "$(out "$stage")" > /dev/null \
-      || echo "== worker $1: $stage seed $seed $entry failed (exit $?)" >&2
+    "$PNNH" compare "${args[@]}" --seed "$seed" --seeds 1 --entries "$entry" --output "$(out "$stage")" --no-report \
+      || echo "== worker $1: $stage seed $seed $entry failed (exit $?)" >&2  # a finished run is skipped
   done
 }
 pids=()

@@ -106,6 +106,11 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
     # the earlier compare's probe is gone with it: the folder holds only what this report says
     assert not (out / "probe_end.json").exists() and not list(out.glob("probe_end_*.png"))
     assert "The probe at the end of training" not in (out / "report.md").read_text()
+    # report=False (a matrix worker's one run): the runs only, the folder's report left as it was
+    report, saved = (out / "report.md").read_text(), (out / "results.json").read_text()
+    one = compare(entries[1:], BASE, [1], out, "pnnh compare (one run)", report=False)
+    assert [row["label"] for row in one["entries"]] == ["resnet20:pnnh:learner_ratio=0.5"]
+    assert (out / "report.md").read_text() == report and (out / "results.json").read_text() == saved
 
 
 def test_compare_cli_variants(tmp_path: Path) -> None:
@@ -123,6 +128,11 @@ def test_compare_cli_variants(tmp_path: Path) -> None:
     assert all(e["best_acc_mean"] == e["test_acc_mean"] for e in out["entries"])
     assert (tmp_path / "r" / "curves.png").exists()
     assert out["command"].startswith("pnnh compare --model resnet20")
+    (tmp_path / "r" / "report.md").unlink()
+    again = run_cli("compare", "--model", "resnet20", "--kinds", "residual", "--data", "fashion-mnist",
+                    "--train-subset", "32", "--test-subset", "32", "--epochs", "2", "--eval-every", "3",
+                    "--batch-size", "32", "--seeds", "1", "--workers", "0", "--output", tmp_path / "r", "--no-report")
+    assert again.returncode == 0 and "(no report)" in again.stderr and not (tmp_path / "r" / "report.md").exists()
     assert_one_line_error(run_cli("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
 
 

@@ -310,13 +310,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     out = Path(args.output or f"reports/{entries[0].model}-{cfg.data}")
     command = "pnnh " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
     try:
-        results = compare(entries, cfg, seeds, out, command, overwrite=args.overwrite)
+        results = compare(entries, cfg, seeds, out, command, overwrite=args.overwrite, report=not args.no_report)
     except TrainingInterrupted:
         print(f"interrupted: run the same command again to continue ({out})", file=sys.stderr)
         raise SystemExit(130)
     if args.json:
         print(dumps(results))
-    print(f"report: {out / 'report.md'}", file=sys.stderr)
+    print(f"runs: {out / 'runs'} (no report)" if args.no_report else f"report: {out / 'report.md'}", file=sys.stderr)
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -490,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pnnh-kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="options of the pnnh entries")
     p.add_argument("--overwrite", action="store_true",
                    help="train again any run folder whose recorded settings differ from this compare's")
+    p.add_argument("--no-report", action="store_true",
+                   help="only train (or skip) the runs: no report, plots or probe, e.g. one (entry, seed) of a "
+                        "larger matrix filled by several workers")
     p.add_argument("--json", action="store_true", help="print results.json on stdout")
     p.set_defaults(func=cmd_compare, argv=None)
 

@@ -70,10 +70,12 @@ def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict 
 
 
 def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, report: bool = True) -> dict:
     """Train each entry for each seed (resuming where possible) and write the report folder.
 
-    A run folder already there is reused only if it holds the same run (see ``existing_run``)."""
+    A run folder already there is reused only if it holds the same run (see ``existing_run``). With
+    ``report=False`` only the runs are made: a worker filling one (entry, seed) of a larger matrix leaves
+    the folder's report, plots and probe to the compare over all of them."""
     make_dir(out)
     plan = [(e, s) for e in entries for s in seeds]
     runs: dict[tuple[str, int], dict] = {}
@@ -100,6 +102,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
             models[entry.label] = model if found["checkpoint"] is not None else None
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
+    if not report:
+        return results
     for stale in [out / "probe_end.json", *out.glob("probe_end_*.png")]:  # an earlier compare's, maybe of other runs
         stale.unlink(missing_ok=True)
     probes = []
