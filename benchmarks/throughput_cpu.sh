@@ -21,6 +21,10 @@ done
   --batch-size 1 --repeats 5 --steps 20 --json > "$OUT/resnet56_b1.json"
 .venv/bin/python benchmarks/cpu_settings.py --model resnet56 --kinds residual,pnnh --batch-size 32 --rounds 3 \
   --steps 2 --compile > "$OUT/cpu_settings_resnet56.json"
+if grep -qw amx_bf16 /proc/cpuinfo; then  # a CPU with bf16 units (AMX): where bf16 is not emulated
+  .venv/bin/python benchmarks/cpu_settings.py --model resnet56 --kinds residual,pnnh --batch-size 64 --rounds 5 \
+    --steps 3 > "$OUT/cpu_settings_resnet56_amx.json"
+fi
 # The throughput claim's controls (benchmarks/verdict.py): every pnnh variant of the evidence matrix and the
 # thin residual net, channels-last as the matrix trains. Pause other torch jobs while this runs.
 "$PNNH" bench --models "resnet56:residual,resnet56:plain,resnet56:pnnh,resnet56:pnnh:code_ratio=0.0625,\
