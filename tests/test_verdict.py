@@ -24,6 +24,11 @@ def test_contrast_rules() -> None:
     # 1.5 points down with a wide spread: neither excluded
     wide = s([76.5, 80.5, 78.5])
     assert verdict.contrast(wide, residual, "on par")["verdict"] == "undecided"
+    # the ViT issue's test, abs(d) <= max(1, 2 se): the wide pair (d = -1.5, 2 se = 2.4) passes it, though
+    # the on-par rule leaves it undecided; 10 points behind fails it; too few seeds give no answer
+    assert verdict.within(verdict.contrast(wide, residual, "on par")) == "passes"
+    assert verdict.within(verdict.contrast(behind, residual, "on par")) == "fails"
+    assert verdict.within(verdict.contrast(s([80.0, 80.1]), residual, "on par")) == "–"
     # fewer seeds than needed decide nothing, however clear the gap
     two = verdict.contrast(s([50.0, 50.1]), residual, "behind")
     assert two["verdict"] == "undecided" and "2 of 3 seeds" in two["why"]
