@@ -88,7 +88,8 @@ def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
 
 def within(c: dict) -> str:
     """The ViT issue's own test of "on par", set with it: |d| <= max(MARGIN, 2 se) ("passes"), or "-" without
-    enough seeds. Looser than the on-par rule (which asks the whole interval to clear -MARGIN); both are shown."""
+    enough seeds. Two-sided, and wider than the on-par rule where the seeds spread (that rule asks the whole
+    interval d +- 2 se to clear -MARGIN); both are shown."""
     if c["se"] is None:
         return "–"
     return "passes" if abs(c["diff"]) <= max(MARGIN, 2 * c["se"]) else "fails"
