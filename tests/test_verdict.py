@@ -29,6 +29,12 @@ def test_contrast_rules() -> None:
     assert verdict.within(verdict.contrast(wide, residual, "on par")) == "passes"
     assert verdict.within(verdict.contrast(behind, residual, "on par")) == "fails"
     assert verdict.within(verdict.contrast(s([80.0, 80.1]), residual, "on par")) == "–"
+    # the parameter claim: the thin residual net is the control, and with the default coder the thin pnnh
+    # net computes its function, so PNNH on par while the thin residual net is not is noise, not a "holds"
+    pv = verdict.parameter_verdict
+    assert pv({"verdict": "holds"}, {"verdict": "holds"})[0] == "not PNNH's"
+    assert pv({"verdict": "holds"}, {"verdict": "does not hold"})[0] == "undecided"
+    assert pv({"verdict": "does not hold"}, {"verdict": "holds"})[0] == "does not hold"
     # fewer seeds than needed decide nothing, however clear the gap
     two = verdict.contrast(s([50.0, 50.1]), residual, "behind")
     assert two["verdict"] == "undecided" and "2 of 3 seeds" in two["why"]
