@@ -24,6 +24,8 @@ done
 if grep -qw amx_bf16 /proc/cpuinfo; then  # a CPU with bf16 units (AMX): where bf16 is not emulated
   .venv/bin/python benchmarks/cpu_settings.py --model resnet56 --kinds residual,pnnh --batch-size 64 --rounds 5 \
     --steps 3 > "$OUT/cpu_settings_resnet56_amx.json"
+  .venv/bin/python benchmarks/cpu_settings.py --model vit_cifar_12 --kinds residual,pnnh --batch-size 64 --rounds 3 \
+    --steps 2 > "$OUT/cpu_settings_vit_cifar_12_amx.json"
 fi
 # The throughput claim's controls (benchmarks/verdict.py): every pnnh variant of the evidence matrix and the
 # thin residual net, channels-last as the matrix trains. Pause other torch jobs while this runs.

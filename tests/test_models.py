@@ -316,3 +316,21 @@ def test_vit_intermediates_in_order() -> None:
         assert len(model.forward_intermediates(x, indices=2, intermediates_only=True)) == 2
     with pytest.raises(pnnh.PnnhError, match="takes 32x32 images"):
         model(torch.randn(1, 3, 28, 28))
+
+
+def test_attention_bf16_on_cpu_is_the_same_product() -> None:
+    """`attend` writes the product out for bf16 on a CPU (the fused kernel's bf16 backward is slow there):
+    the same values and gradients as the fused float32 kernel, to bf16 rounding; float32 is the fused kernel."""
+    from pnnh.models.vit import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 16, generator=g, requires_grad=True) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(attend(q, k, v), ref)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    out = attend(*low)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+    for got, want in zip(torch.autograd.grad(out.float().square().sum(), low), ref_grads):
+        torch.testing.assert_close(got.float(), want, atol=6e-2, rtol=6e-2)

@@ -20,11 +20,10 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import PnnhError
 from .models.layers import Block, ConvNet, ConvNormAct, bn_affine
-from .models.vit import Attention, VisionTransformer
+from .models.vit import Attention, VisionTransformer, attend
 
 
 class TokenEmbed(nn.Module):
@@ -61,7 +60,7 @@ class CodeAttention(nn.Module):
         b, n, c3 = x[..., :3 * self.dim].shape
         q, k, v = x[..., :3 * self.dim].reshape(b, n, 3, self.num_heads, self.dim // self.num_heads) \
             .permute(2, 0, 3, 1, 4).unbind(0)
-        mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, self.dim)
+        mixed = attend(q, k, v).transpose(1, 2).reshape(b, n, self.dim)
         return torch.cat([mixed, x[..., 3 * self.dim:]], dim=-1)
 
 

@@ -28,6 +28,17 @@ FAMILY_INFO = {"plain_form": ("plain", "pnnh"), "img_size_option": True, "test_k
                "test_input": (3, 32, 32), "first_conv": "patch_embed", "classifier": "head"}
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over the last two dims. PyTorch's fused kernel, except for bf16 on a CPU,
+    where its backward was several times slower than in float32 (vit_cifar_12's shapes, torch 2.13) and
+    made `--amp bf16` no faster than float32 for a ViT; written out (softmax in float32) it is fast
+    (benchmarks/results/throughput/cpu_settings_vit_cifar_12_amx.json)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.float().softmax(-1).to(v.dtype) @ v
+
+
 class Attention(nn.Module):
     """Multi-head self-attention (fused qkv, scaled dot product, output projection)."""
 
@@ -44,7 +55,7 @@ class Attention(nn.Module):
         b, n, c3 = qkv.shape
         c = c3 // 3
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return attend(q, k, v).transpose(1, 2).reshape(b, n, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.mix(self.qkv(x)))
