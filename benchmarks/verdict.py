@@ -170,6 +170,30 @@ def parameter_verdict(thin_p: dict, thin_r: dict) -> tuple[str, str]:
     return "undecided", f"thin pnnh: {thin_p['why']}; thin residual: {thin_r['why']}"
 
 
+# Pairs that compute one function by construction (the default coder: E^T E = I; at stage changes D E spans
+# what the residual projection P does, an orthogonal reparametrisation): their differences are the noise.
+CALIBRATIONS = [("resnet56:pnnh", "resnet56:residual"), ("resnet56:pnnh:learner_ratio=0.5", "resnet56:residual:learner_ratio=0.5"),
+                ("resnet110:pnnh", "resnet110:residual")]
+
+
+def calibration_line(acc: dict[str, dict]) -> str:
+    """The A/A pairs' differences, and whether each lies within its own 2 SE: the check on the rule itself."""
+    parts, beyond = [], []
+    for a, b in CALIBRATIONS:
+        c = contrast(acc.get(a), acc.get(b), "on par")
+        if c["se"] is None:
+            continue
+        inside = abs(c["diff"]) <= 2 * c["se"]
+        parts.append(f"{a} - {b.split(':', 1)[1]} {fmt_c(c)} ({'within' if inside else 'beyond'} 2 SE)")
+        beyond += [] if inside else [a]
+    if not parts:
+        return "Calibrations (pairs that compute one function): none finished yet."
+    return ("Calibrations (pairs that compute one function by construction): " + "; ".join(parts) + "."
+            + (" An A/A pair beyond its own 2 SE: with 3 seeds a normal ± 2 SE interval understates the noise (a t "
+               "interval with about 4 degrees of freedom is 1.4x wider), so read verdicts near the margin with care."
+               if beyond else ""))
+
+
 def worst(*cs: dict) -> str:
     verdicts = [c["verdict"] for c in cs]
     for v in ("does not hold", "undecided"):
@@ -310,7 +334,7 @@ def main() -> None:
     done = sum(v["n"] for v in acc.values())
     lines += ["", f"Evidence matrix: {done} trainings finished; entries with {SEEDS_NEEDED} seeds or more: "
                   f"{', '.join(k for k, v in sorted(acc.items()) if v['n'] >= SEEDS_NEEDED) or 'none yet'}. "
-                  "Differences are in points of test accuracy, ± 2 standard errors."]
+                  "Differences are in points of test accuracy, ± 2 standard errors.", "", calibration_line(acc)]
     entries = ["| entry | final test accuracy, mean ± std over seeds | per seed |", "|---|---|---|"]
     entries += [f"| {k} | {fmt(s)} | {', '.join(f'{v:.2f}' for v in s['values'])} |" for k, s in sorted(acc.items())]
     b = budget or {}

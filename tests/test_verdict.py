@@ -35,6 +35,13 @@ def test_contrast_rules() -> None:
     assert pv({"verdict": "holds"}, {"verdict": "holds"})[0] == "not PNNH's"
     assert pv({"verdict": "holds"}, {"verdict": "does not hold"})[0] == "undecided"
     assert pv({"verdict": "does not hold"}, {"verdict": "holds"})[0] == "does not hold"
+    # the A/A pairs check the rule itself: a pair beyond its own 2 SE is said to be so
+    line = verdict.calibration_line({"resnet56:pnnh": s([76.2, 75.7, 75.4]), "resnet56:residual": s([76.4, 76.2, 75.9]),
+                                     "resnet56:pnnh:learner_ratio=0.5": s([74.3, 74.7, 74.2]),
+                                     "resnet56:residual:learner_ratio=0.5": s([73.8, 73.8, 73.3])})
+    assert "resnet56:pnnh - residual -0.40" in line and "(within 2 SE)" in line
+    assert "(beyond 2 SE)" in line and "understates the noise" in line
+    assert "none finished" in verdict.calibration_line({})
     # fewer seeds than needed decide nothing, however clear the gap
     two = verdict.contrast(s([50.0, 50.1]), residual, "behind")
     assert two["verdict"] == "undecided" and "2 of 3 seeds" in two["why"]
