@@ -92,14 +92,15 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
         if not done:
             train(cfg, path / "last.pt" if found is not None else None)
             found = existing_run(path, cfg)
-        if found["checkpoint"] is not None:
+        weights = report and found["checkpoint"] is not None  # the trained weights are needed only to probe
+        if weights:
             model = model_from_checkpoint(found["checkpoint"], path / "last.pt")
-        else:  # only the small files are here: count the parameters on the meta device, nothing to probe
+        else:  # only the small files are here, or no report: count the parameters on the meta device
             with torch.device("meta"):
                 model = build_model(found["model_config"])
         runs[(entry.label, seed)] = {"history": found["history"], "params": count_params(model)}
         if seed == seeds[0]:
-            models[entry.label] = model if found["checkpoint"] is not None else None
+            models[entry.label] = model if weights else None
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
     if not report:
