@@ -9,12 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import pnnh
 from pnnh.bench import parse_entries
 from pnnh.compare import compare
 from pnnh.profile import count_params
-from pnnh.train import TrainConfig, TrainingInterrupted
+from pnnh.train import TrainConfig, TrainingInterrupted, hardware
 from conftest import assert_one_line_error, run_cli
 
 
@@ -90,6 +91,10 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
         assert cells[2] == f"{100 * row['test_acc_mean']:.2f} ± {100 * row['test_acc_std']:.2f}%"
         assert cells[6] == f"{row['ratio_train_img_s']:.2f}"
     assert "pnnh compare (test)" in report and re.search(r"torch \d", report)
+    # where the epochs ran: each epoch's row records it, and the report counts them (8 = 2 entries x 2 seeds x 2)
+    here = hardware(torch.device("cpu"))
+    assert saved["trained_on"] == {here: 8} and residual["trained_on"] == {here: 4}
+    assert f"The epochs were trained on: {here} (8 epochs)." in report
     assert (out / "curves.png").stat().st_size > 1000 and (out / "accuracy_params_throughput.png").exists()
     # the probe of each entry's trained seed-0 weights
     probes = json.loads((out / "probe_end.json").read_text())

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import pnnh
-from pnnh.train import TrainConfig, lr_factor, train
+from pnnh.train import TrainConfig, hardware, lr_factor, train, write_metrics
 from conftest import assert_one_line_error, run_cli
 
 TINY = dict(model="resnet20", data="fashion-mnist", train_subset=256, test_subset=128, batch_size=32, workers=0)
@@ -40,6 +40,11 @@ def test_resnet20_learns_cifar10_in_one_epoch(cifar_jpeg: Path, tmp_path: Path) 
     assert rows == summary["history"] and len(rows) == 1
     assert {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "img_per_s", "lr", "seconds"} <= set(rows[0])
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc")
+    assert rows[0]["hardware"] == hardware(torch.device("cpu"))  # where the epoch ran, e.g. "<CPU>, 2 torch threads"
+    # a run resumed from an older pnnh's rows (no "hardware"): the CSV takes every key, blank where missing
+    write_metrics(tmp_path / "mixed", [{"epoch": 1, "test_acc": 0.5}, {"epoch": 2, "test_acc": 0.6, "hardware": "x"}])
+    assert (tmp_path / "mixed" / "metrics.csv").read_text().splitlines() == ["epoch,test_acc,hardware", "1,0.5,",
+                                                                            "2,0.6,x"]
     assert json.loads((run / "config.json").read_text())["train_subset"] == 1000
     assert (run / "last.pt").exists() and (run / "best.safetensors").exists()
 

@@ -156,7 +156,7 @@ def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainCon
                      "best_acc_mean": statistics.fmean(best), "best_acc_std": _mean_std(best)[1],
                      "train_acc_mean": statistics.fmean(train_acc),
                      "train_img_s": statistics.fmean(img_s), "train_img_s_std": _mean_std(img_s)[1],
-                     "train_seconds": statistics.fmean(seconds)})
+                     "train_seconds": statistics.fmean(seconds), "trained_on": _trained_on(hs)})
     reference = next((r for r in rows if r["kind"] == "residual" and r["variant"] == "default"), rows[0])
     for r in rows:
         r["ratio_train_img_s"] = r["train_img_s"] / reference["train_img_s"]
@@ -170,7 +170,17 @@ def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainCon
                         "device": base.device if base.device != "auto" else
                         ("cuda" if torch.cuda.is_available() else "cpu"),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-            "versions": _versions(), "entries": rows}
+            "versions": _versions(), "entries": rows, "trained_on": _trained_on(
+                [runs[(e.label, s)]["history"] for e in entries for s in seeds])}
+
+
+def _trained_on(histories: list[list[dict]]) -> dict[str, int]:
+    """Epochs per hardware they ran on (the epoch rows record it; rows of older runs do not)."""
+    counts: dict[str, int] = {}
+    for row in (r for h in histories for r in h):
+        where = row.get("hardware", "not recorded (older runs)")
+        counts[where] = counts.get(where, 0) + 1
+    return counts
 
 
 def _data_name(cfg: TrainConfig) -> str:
@@ -215,10 +225,13 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
               "resumed or shared-machine run is slower): a record, not a throughput comparison, which is "
               "`pnnh bench` (entries interleaved in one process). Per-seed final test accuracies:", ""]
     lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" for a in r["test_acc"]) for r in results["entries"]]
-    m = results["machine"]
+    m, trained_on = results["machine"], results["trained_on"]
     lines += ["", "## Command", "", "```", results["command"], "```", "", "## Machine", "",
-              f"{m['platform']}, Python {m['python']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
-              f"device {m['device']}" + (f" ({m['gpu']})" if m["gpu"] else "") + ".", "",
+              "The epochs were trained on: " + "; ".join(f"{k} ({v} epochs)" for k, v in trained_on.items()) + "."
+              + (" The train img/s column mixes these machines." if len(trained_on) > 1 else ""), "",
+              f"This report was written on {m['platform']}, Python {m['python']}, {m['cpus']} CPUs "
+              f"({m['torch_threads']} torch threads), device {m['device']}" + (f" ({m['gpu']})" if m["gpu"] else "")
+              + ".", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + "."]
     if probes:
         lines += ["", f"## The probe at the end of training (seed {probes[0]['seed']}, {PROBE_IMAGES} test images)",

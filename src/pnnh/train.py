@@ -213,6 +213,17 @@ def cpu_name() -> str:
         return platform.processor()
 
 
+def hardware(device: torch.device, world_size: int = 1) -> str:
+    """Where an epoch ran, as its metrics row records it: the CPU model and torch threads, or the GPU."""
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        where = (f"{cpu_name()}{' (AMX)' if 'amx_bf16' in cpu_flags() else ''}, {threads} torch "
+                 f"thread{'s' if threads > 1 else ''}")
+    else:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return where if world_size == 1 else f"{world_size} processes x {where}"
+
+
 def check_amp(device: torch.device, amp: str) -> None:
     """Refuse fp16 on a CPU (emulated); warn about bf16 on a CPU without bf16 units (emulated, ~10x slower)."""
     if device.type != "cpu":
@@ -261,8 +272,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl and metrics.csv, rewritten whole (atomically) from the run's history."""
     buf = io.StringIO()
-    if history:
-        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    if history:  # columns: every key, in order of first use (rows resumed from older runs lack newer keys)
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
         writer.writeheader()
         writer.writerows(history)
     write_atomic(run_dir / "metrics.jsonl", "".join(dumps(row, indent=None) + "\n" for row in history))
@@ -452,6 +463,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     def on_signal(signum, frame):
         stop["signal"] = signum
 
+    ran_on = hardware(device, dist_info.world_size)  # recorded in each epoch's row: a run may resume elsewhere
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     check_every = max(1, steps_per_epoch // 10)  # log and divergence checks: the only host syncs of an epoch
     start_global = epoch * steps_per_epoch + step_in_epoch
@@ -526,7 +538,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
                             "train_acc": train_correct / train_seen, "test_loss": result["loss"],
                             "test_acc": result["top1"], "test_acc5": result["top5"],
                             "img_per_s": train_seen / seconds, "lr": optimizer.param_groups[0]["lr"],
-                            "seconds": seconds})
+                            "seconds": seconds, "hardware": ran_on})
             if dist_info.is_main:
                 test = f"test loss {result['loss']:.4f} acc {100 * result['top1']:.2f}%" if tested else "not tested"
                 log.info(f"epoch {epoch + 1}/{cfg.epochs} train loss {train_loss / train_seen:.4f} "
@@ -540,7 +552,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
                 write_metrics(run_dir, history)
             if board is not None:
                 for key, value in history[-1].items():
-                    if key != "epoch" and value is not None:
+                    if key != "epoch" and isinstance(value, (int, float)):
                         board.add_scalar(key, value, epoch)
                 board.flush()
             save(epoch, 0, torch.zeros(3, dtype=torch.float64), 0.0)
