@@ -314,10 +314,14 @@ def width_plot(acc: dict[str, dict], out: Path) -> None:
             ax.errorbar([w for w, _ in pts], [s["mean"] for _, s in pts],
                         yerr=[2 * s["se"] if s["n"] > 1 else 0 for _, s in pts], marker="o", color=colour,
                         capsize=3, label=f"resnet{depth} pnnh (0 = plain)")
+            for w, s in pts:  # a point on fewer seeds than a verdict needs says so
+                if s["n"] < SEEDS_NEEDED:
+                    ax.annotate(f"{s['n']} seed{'s' if s['n'] > 1 else ''}", (w, s["mean"]), xytext=(4, -12),
+                                textcoords="offset points", fontsize=7, color=colour)
         ref = acc.get(f"resnet{depth}:residual")
         if ref:
             ax.axhline(ref["mean"], color=colour, linestyle="--", label=f"resnet{depth} residual")
-    ax.set(xscale="symlog", xlabel="code width / block width (code_ratio)", ylabel="final test accuracy (%)",
+    ax.set(xscale="symlog", xlabel="code width / block width (code_ratio)", ylabel="final test accuracy (%), mean ± 2 SE",
            title="How much of the input must cross each layer")
     ax.set_xticks([0, 0.0625, 0.25, 0.5, 1], ["0", "1/16", "1/4", "1/2", "1"])
     ax.legend(fontsize=8)
