@@ -76,6 +76,7 @@ def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
     if a is None or b is None or min(a["n"], b["n"]) < SEEDS_NEEDED:
         have = "not run" if a is None or b is None else f"{min(a['n'], b['n'])} of {SEEDS_NEEDED} seeds"
         return {"diff": None if a is None or b is None else a["mean"] - b["mean"], "se": None,
+                "seeds": None if a is None or b is None else min(a["n"], b["n"]),
                 "verdict": "undecided", "why": f"runs missing ({have})"}
     d, se = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
     low, high = d - 2 * se, d + 2 * se
@@ -83,7 +84,7 @@ def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
         verdict = "holds" if low > -MARGIN else "does not hold" if high < -MARGIN else "undecided"
     else:
         verdict = "holds" if high < -MARGIN else "does not hold" if low > -MARGIN else "undecided"
-    return {"diff": d, "se": se, "verdict": verdict, "why": f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"}
+    return {"diff": d, "se": se, "seeds": min(a["n"], b["n"]), "verdict": verdict, "why": f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"}
 
 
 def within(c: dict) -> str:
@@ -103,7 +104,12 @@ def fmt(s: dict | None) -> str:
 
 
 def fmt_c(c: dict) -> str:
-    return "–" if c["diff"] is None else (f"{c['diff']:+.2f}" + (f" ± {2 * c['se']:.2f}" if c["se"] is not None else ""))
+    """d ± 2 SE; on too few seeds for a verdict, d and how many seeds it rests on."""
+    if c["diff"] is None:
+        return "–"
+    if c["se"] is None:
+        return f"{c['diff']:+.2f} ({c['seeds']} of {SEEDS_NEEDED} seeds)"
+    return f"{c['diff']:+.2f} ± {2 * c['se']:.2f}"
 
 
 def accuracy_claims(acc: dict[str, dict]) -> list[dict]:

@@ -45,6 +45,7 @@ def test_contrast_rules() -> None:
     # fewer seeds than needed decide nothing, however clear the gap
     two = verdict.contrast(s([50.0, 50.1]), residual, "behind")
     assert two["verdict"] == "undecided" and "2 of 3 seeds" in two["why"]
+    assert verdict.fmt_c(two) == "-29.95 (2 of 3 seeds)"  # a difference on too few seeds says so
     assert verdict.contrast(None, residual, "on par")["why"] == "runs missing (not run)"
     d = verdict.contrast(behind, residual, "on par")
     assert d["diff"] == pytest.approx(-10.0)
