@@ -73,10 +73,10 @@ def stats(values: list[float] | None) -> dict | None:
 def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
     """The difference a - b (points) with its standard error, and the verdict on `claim`
     ("on par" or "behind") by the rules above."""
-    if a is None or b is None or min(a["n"], b["n"]) < SEEDS_NEEDED:
-        have = "not run" if a is None or b is None else f"{min(a['n'], b['n'])} of {SEEDS_NEEDED} seeds"
-        return {"diff": None if a is None or b is None else a["mean"] - b["mean"], "se": None,
-                "seeds": None if a is None or b is None else min(a["n"], b["n"]),
+    seeds = None if a is None or b is None else min(a["n"], b["n"])
+    if seeds is None or seeds < SEEDS_NEEDED:
+        have = "not run" if seeds is None else f"{seeds} of {SEEDS_NEEDED} seeds"
+        return {"diff": None if seeds is None else a["mean"] - b["mean"], "se": None, "seeds": seeds,
                 "verdict": "undecided", "why": f"runs missing ({have})"}
     d, se = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
     low, high = d - 2 * se, d + 2 * se
@@ -84,7 +84,7 @@ def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
         verdict = "holds" if low > -MARGIN else "does not hold" if high < -MARGIN else "undecided"
     else:
         verdict = "holds" if high < -MARGIN else "does not hold" if low > -MARGIN else "undecided"
-    return {"diff": d, "se": se, "seeds": min(a["n"], b["n"]), "verdict": verdict, "why": f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"}
+    return {"diff": d, "se": se, "seeds": seeds, "verdict": verdict, "why": f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"}
 
 
 def within(c: dict) -> str:

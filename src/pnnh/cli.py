@@ -6,7 +6,7 @@ import os
 import sys
 
 from .errors import PnnhError
-from .io import dumps, make_dir, write_atomic, write_json
+from .io import dumps, make_dir, write_csv, write_json
 from .models.registry import parse_kwargs
 from .progress import bar, log, setup_logging
 
@@ -320,8 +320,6 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    import csv
-    import io
     from pathlib import Path
 
     import torch
@@ -365,14 +363,9 @@ def cmd_probe(args: argparse.Namespace) -> None:
         out = Path(args.output)
         make_dir(out)
         write_json(out / "probe.json", runs if len(runs) > 1 else runs[0])
-        buf = io.StringIO()
-        fields = ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "dists"]
-        writer = csv.DictWriter(buf, fieldnames=fields)
-        writer.writeheader()
-        for run in runs:
-            for row in run["layers"]:
-                writer.writerow({"model": run["model"], "kind": run["kind"], **row})
-        write_atomic(out / "probe.csv", buf.getvalue())
+        write_csv(out / "probe.csv", [{"model": run["model"], "kind": run["kind"], **row}
+                                      for run in runs for row in run["layers"]],
+                  ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "dists"])
         from .analysis.plots import plot_probe
         for path in plot_probe(runs, out):
             print(f"wrote {path}", file=sys.stderr)

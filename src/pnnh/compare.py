@@ -11,6 +11,7 @@ import platform
 import shutil
 import statistics
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -170,17 +171,13 @@ def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainCon
                         "device": base.device if base.device != "auto" else
                         ("cuda" if torch.cuda.is_available() else "cpu"),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-            "versions": _versions(), "entries": rows, "trained_on": _trained_on(
-                [runs[(e.label, s)]["history"] for e in entries for s in seeds])}
+            "versions": _versions(), "entries": rows,
+            "trained_on": dict(sum((Counter(r["trained_on"]) for r in rows), Counter()))}
 
 
 def _trained_on(histories: list[list[dict]]) -> dict[str, int]:
     """Epochs per hardware they ran on (the epoch rows record it; rows of older runs do not)."""
-    counts: dict[str, int] = {}
-    for row in (r for h in histories for r in h):
-        where = row.get("hardware", "not recorded (older runs)")
-        counts[where] = counts.get(where, 0) + 1
-    return counts
+    return dict(Counter(row.get("hardware", "not recorded (older runs)") for h in histories for row in h))
 
 
 def _data_name(cfg: TrainConfig) -> str:

@@ -78,6 +78,19 @@ def write_json(path: str | Path, obj) -> None:
     write_atomic(path, dumps(obj) + "\n")
 
 
+def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Rows as CSV; columns ``fieldnames``, or every key in order of first use (rows may lack some: blank)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows or fieldnames:
+        writer = csv.DictWriter(buf, fieldnames=fieldnames or list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """A matplotlib figure as PNG, written atomically."""
     import io

@@ -4,8 +4,6 @@ Run as ``pnnh train ...``, or on N processes as ``torchrun --nproc_per_node=N -m
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import signal
@@ -23,7 +21,7 @@ from .checkpoint import build_model, load_checkpoint, load_model_state, model_co
 from .data import load_dataset, make_loader
 from .data.loader import channel_stats, mix_batch
 from .errors import PnnhError
-from .io import dumps, make_dir, write_atomic, write_json
+from .io import dumps, make_dir, write_atomic, write_csv, write_json
 from .progress import bar, bars_enabled, log
 
 
@@ -271,13 +269,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl and metrics.csv, rewritten whole (atomically) from the run's history."""
-    buf = io.StringIO()
-    if history:  # columns: every key, in order of first use (rows resumed from older runs lack newer keys)
-        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)))
-        writer.writeheader()
-        writer.writerows(history)
     write_atomic(run_dir / "metrics.jsonl", "".join(dumps(row, indent=None) + "\n" for row in history))
-    write_atomic(run_dir / "metrics.csv", buf.getvalue())
+    write_csv(run_dir / "metrics.csv", history)  # every key: rows resumed from older runs lack newer ones
 
 
 def load_splits(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "test")) -> dict:
