@@ -56,6 +56,14 @@ def test_image_folder_cache_lives_outside_the_data(cifar_jpeg: Path, tmp_path: P
     assert list(cache.rglob("*.npz")) and not list(root.rglob("*.npz"))
     again = load_dataset("imagefolder", root, "train", cache_dir=cache)
     assert torch.equal(first.images, again.images)
+    # changing a file refreshes the cache, and the folder's stale cache goes (the other split's stays)
+    load_dataset("imagefolder", root, "test", cache_dir=cache)
+    before = sorted(cache.rglob("*-train-*.npz"))
+    shutil.copy(root / "train" / "dog" / sorted(p.name for p in (root / "train" / "dog").iterdir())[0],
+                root / "train" / "dog" / "extra.jpg")
+    assert len(load_dataset("imagefolder", root, "train", cache_dir=cache)) == 7
+    after = sorted(cache.rglob("*-train-*.npz"))
+    assert len(before) == len(after) == 1 and before != after and len(list(cache.rglob("*-test-*.npz"))) == 1
     with pytest.raises(PnnhError, match="inside the data folder"):
         load_dataset("imagefolder", root, "train", cache_dir=root / "cache")
 

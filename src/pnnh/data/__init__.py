@@ -2,6 +2,7 @@
 or, for an image folder of large images, a streaming data set decoded by worker processes."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from dataclasses import dataclass
@@ -137,12 +138,15 @@ def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int,
     chosen, size = choose_pipeline(path, pipeline)
     if chosen == "stream":
         return StreamingFolder(files, labels, classes, image_size, train=split == "train")
-    # The cache key covers every file's name, label, size and modification time: any change refreshes it.
-    h = hashlib.sha1(f"{path.resolve()}|{split}|{size}|{','.join(classes)}".encode())
+    # One cache per folder and split, named "<folder>-<split>-<where>-<what>.npz": <where> hashes the
+    # folder's path, <what> every file's name, label, size and modification time, so any change to the
+    # files refreshes the cache and the folder's stale caches are then removed.
+    where = hashlib.sha1(f"{path.resolve()}|{split}".encode()).hexdigest()[:8]
+    h = hashlib.sha1(f"{size}|{','.join(classes)}".encode())
     for f, label in zip(files, labels):
         st = f.stat()
         h.update(f"{f.relative_to(path)}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    cache = cache_dir / "imagefolder" / f"{path.name}-{split}-{h.hexdigest()[:16]}.npz"
+    cache = cache_dir / "imagefolder" / f"{path.name}-{split}-{where}-{h.hexdigest()[:16]}.npz"
     if cache.resolve().is_relative_to(path.resolve()):
         raise PnnhError(f"the cache folder {cache_dir} is inside the data folder {path}: choose another --cache-dir")
     if cache.exists():
@@ -159,6 +163,10 @@ def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int,
     images = readers.decode_all(files, size, strict=pipeline == "auto")
     check_arrays(images, labels, classes, f"image folder {path / split}")
     readers.write_npz_atomic(cache, images=images, labels=labels)
+    for stale in cache.parent.glob(f"{glob.escape(path.name)}-{split}-{where}-*.npz"):
+        if stale != cache:
+            stale.unlink(missing_ok=True)
+            log.info(f"removed the stale cache {stale}")
     return ImageArrays(torch.from_numpy(images.copy()), torch.from_numpy(labels), classes)
 
 
