@@ -218,8 +218,8 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
                      f"{100 * r['test_acc_std']:.2f}% | {100 * r['best_acc_mean']:.2f}% | "
                      f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | "
                      f"{r['ratio_train_img_s']:.2f} | {r['train_seconds']:.0f} |")
-    lines += ["", f"Ratios are to {results['reference']}. Train img/s is each run's own speed as it ran (a "
-              "resumed or shared-machine run is slower): a record, not a throughput comparison, which is "
+    lines += ["", f"Ratios are to {results['reference']}. Train img/s is each run's own speed in wall time "
+              "(a run that shared the machine or was paused reads slower): a record, not a throughput comparison, which is "
               "`pnnh bench` (entries interleaved in one process). Per-seed final test accuracies:", ""]
     lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" for a in r["test_acc"]) for r in results["entries"]]
     m, trained_on = results["machine"], results["trained_on"]
