@@ -1,7 +1,7 @@
 """The verdict on each of the paper's claims, decided by fixed rules from the measurements committed here.
 
     python benchmarks/verdict.py           # prints the table; writes benchmarks/results/verdict.{md,json}, width.png
-    python benchmarks/verdict.py --readme  # also puts the table in README.md, between its verdict markers
+    python benchmarks/verdict.py --readme  # also puts the verdict and the ViT runs in README.md, between markers
 
 Inputs (each made by a command of this repository, named in the output):
 - the evidence matrix's finished runs, benchmarks/results/evidence/*/runs/* (benchmarks/evidence.sh);
@@ -282,16 +282,13 @@ def throughput_claim() -> dict:
             "verdict": verdict, "why": why + " (whether the thin nets keep the accuracy: the parameter row)"}
 
 
-def transformer_claim() -> dict:
+def transformer_claim(acc: dict[str, dict]) -> dict:
     """vit_cifar_12 / 24 (benchmarks/evidence.sh vit12 vit24, their own budget): pnnh at code_ratio=0.5 is the
     evidence (the default coder is the residual function, a calibration); plain shows what the path buys."""
-    folder = RESULTS / "evidence_vit"
     base = {"claim": "PNNH Transformers on par with residual ViTs",
             "decided_by": "vit_cifar_12/24: pnnh (code_ratio=0.5) vs residual; plain vs residual as the premise"}
-    if not folder.exists():
+    if not acc:
         return {**base, "measured": "not run", "verdict": "undecided", "why": "the ViT matrix has not run yet"}
-    raw, _ = finished_runs(folder)
-    acc = {k: stats(v) for k, v in raw.items()}
     ev = {d: contrast(acc.get(f"vit_cifar_{d}:pnnh:code_ratio=0.5"), acc.get(f"vit_cifar_{d}:residual"), "on par")
           for d in (12, 24)}
     cal = {d: contrast(acc.get(f"vit_cifar_{d}:pnnh"), acc.get(f"vit_cifar_{d}:residual"), "on par") for d in (12, 24)}
@@ -335,38 +332,66 @@ def width_plot(acc: dict[str, dict], out: Path) -> None:
     save_figure(fig, out)
 
 
+def describe_budget(b: dict) -> str:
+    """One line naming every setting of a matrix's shared budget that changes what is learnt."""
+    images = f"{b['train_subset']:,}" if b["train_subset"] else "all"
+    parts = [f"{images} training images, {b['epochs']} epochs, batch {b['batch_size']}",
+             f"{b['opt']} lr {b['lr']:g} {b['sched']}" + (f", warm-up {b['warmup_epochs']:g} epoch" + "s" * (b["warmup_epochs"] != 1)
+                                                          if b["warmup_epochs"] else ""),
+             f"label smoothing {b['label_smoothing']:g}", f"weight decay {b['weight_decay']:g}"]
+    parts += [f"gradient clipping at norm {b['clip_grad']:g}"] if b["clip_grad"] else []
+    parts += [f"mixup {b['mixup']:g}"] if b["mixup"] else []
+    parts += [f"cutmix {b['cutmix']:g}"] if b["cutmix"] else []
+    parts += ["float32" if b["amp"] == "none" else b["amp"]]
+    return ", ".join(parts)
+
+
+def runs_table(acc: dict[str, dict], budget: dict | None, command: str) -> list[str]:
+    """A matrix's finished runs (Markdown lines): its budget, command and one row per entry."""
+    if not acc:
+        return [f"No run has finished yet. Command: `{command}`."]
+    return [f"CIFAR-10 (JPEG q75 copy), {describe_budget(budget)}; final-epoch accuracy on the full 10,000-image "
+            f"test set. Command: `{command}`.", "",
+            "| entry | final test accuracy, mean ± std over seeds | per seed |", "|---|---|---|",
+            *(f"| {k} | {fmt(s)} | {', '.join(f'{v:.2f}' for v in s['values'])} |" for k, s in sorted(acc.items()))]
+
+
+def between_markers(text: str, name: str, lines: list[str]) -> str:
+    """text with the lines between its <!-- name: made by benchmarks/verdict.py --> and <!-- /name --> markers."""
+    start, end = f"<!-- {name}: made by benchmarks/verdict.py -->", f"<!-- /{name} -->"
+    if start not in text or end not in text:
+        sys.exit(f"verdict: README.md has no {start} ... {end} markers to put the table between")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1]
+
+
 def main() -> None:
     raw, budget = finished_runs(RESULTS / "evidence")
     acc = {k: stats(v) for k, v in raw.items()}
-    rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(), transformer_claim()]
+    raw_vit, budget_vit = finished_runs(RESULTS / "evidence_vit")
+    acc_vit = {k: stats(v) for k, v in raw_vit.items()}
+    rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(), transformer_claim(acc_vit)]
     lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
     done = sum(v["n"] for v in acc.values())
     lines += ["", f"Evidence matrix: {done} trainings finished; entries with {SEEDS_NEEDED} seeds or more: "
                   f"{', '.join(k for k, v in sorted(acc.items()) if v['n'] >= SEEDS_NEEDED) or 'none yet'}. "
                   "Differences are in points of test accuracy, ± 2 standard errors.", "", calibration_line(acc)]
-    entries = ["| entry | final test accuracy, mean ± std over seeds | per seed |", "|---|---|---|"]
-    entries += [f"| {k} | {fmt(s)} | {', '.join(f'{v:.2f}' for v in s['values'])} |" for k, s in sorted(acc.items())]
-    b = budget or {}
+    vit_table = runs_table(acc_vit, budget_vit, "JOBS=2 bash benchmarks/evidence.sh vit12 vit24")
     text = "\n".join(["# The paper's claims, decided", "",
                       "Made by `python benchmarks/verdict.py` from the committed measurements; rules in its docstring "
                       f"(margin {MARGIN:g} point, 2 standard errors, {SEEDS_NEEDED} seeds needed).", "",
                       *lines, "", "## The evidence matrix's finished runs", "",
-                      f"CIFAR-10 (JPEG q75 copy), {b.get('train_subset')} training images, {b.get('epochs')} epochs, "
-                      f"batch {b.get('batch_size')}, {b.get('opt')} lr {b.get('lr')} {b.get('sched')}, label smoothing "
-                      f"{b.get('label_smoothing')}, weight decay {b.get('weight_decay')}; the full 10,000-image test set. "
-                      "Command: `JOBS=2 bash benchmarks/evidence.sh`.", "", *entries, ""])
+                      *runs_table(acc, budget, "JOBS=2 bash benchmarks/evidence.sh"), "",
+                      "## The ViT matrix's finished runs", "", *vit_table, ""])
     write_atomic(RESULTS / "verdict.md", text)
     write_json(RESULTS / "verdict.json", {"rules": {"margin_points": MARGIN, "seeds_needed": SEEDS_NEEDED},
-                                          "claims": rows, "entries": acc, "budget": budget})
+                                          "claims": rows, "entries": acc, "budget": budget,
+                                          "vit_entries": acc_vit, "vit_budget": budget_vit})
     width_plot(acc, RESULTS / "evidence" / "width.png")
     if "--readme" in sys.argv[1:]:
-        readme = (ROOT / "README.md").read_text()
-        start, end = "<!-- verdict: made by benchmarks/verdict.py -->", "<!-- /verdict -->"
-        if start not in readme or end not in readme:
-            sys.exit(f"verdict: README.md has no {start} ... {end} markers to put the table between")
-        head, rest = readme.split(start, 1)
-        write_atomic(ROOT / "README.md", head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1])
+        readme = between_markers((ROOT / "README.md").read_text(), "verdict", lines)
+        write_atomic(ROOT / "README.md", between_markers(readme, "vit", vit_table))
     print(text)
 
 

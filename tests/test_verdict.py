@@ -72,6 +72,15 @@ def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) ->
     assert acc == {"resnet56:residual": [pytest.approx(60.0), pytest.approx(60.0)],
                    "resnet56:pnnh:code_ratio=0.25": [pytest.approx(60.0)]}
     assert budget["epochs"] == 2 and budget["lr"] == 0.1 and budget["eval_every"] == 1
+    # a matrix's table names its budget and rows; the README keeps what lies outside its markers
+    table = verdict.runs_table({k: verdict.stats(v) for k, v in acc.items()}, budget, "bash x.sh")
+    assert "sgd lr 0.1" in table[0] and "2 epochs" in table[0] and "float32" in table[0] and "`bash x.sh`" in table[0]
+    assert "| resnet56:residual | 60.00 ± 0.00% (2 seeds) | 60.00, 60.00 |" in table
+    assert verdict.runs_table({}, None, "bash x.sh") == ["No run has finished yet. Command: `bash x.sh`."]
+    marked = "a\n<!-- vit: made by benchmarks/verdict.py -->\nold\n<!-- /vit -->\nz"
+    assert verdict.between_markers(marked, "vit", ["new"]) == "a\n<!-- vit: made by benchmarks/verdict.py -->\nnew\n<!-- /vit -->\nz"
+    with pytest.raises(SystemExit, match="no <!-- verdict"):
+        verdict.between_markers(marked, "verdict", ["new"])
     _run(tmp_path, "x0", 2, lr=0.2, seed=2)
     with pytest.raises(SystemExit, match="differ in lr"):
         verdict.finished_runs(tmp_path)
