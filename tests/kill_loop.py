@@ -2,8 +2,9 @@
 uninterrupted run ends, and no checkpoint on disk may ever be unreadable.
 
 Kill points: a random moment (mid-epoch, or during evaluation), or the moment a checkpoint's
-temporary file appears (during a write). Used by tests/test_reliability.py (a few kills) and by
-`make soak` (``python tests/kill_loop.py --seconds N``), which prints the tally.
+temporary file appears while an earlier checkpoint is on disk (a write over it, which must leave the
+earlier one readable). Used by tests/test_reliability.py (a few kills) and by `make soak`
+(``python tests/kill_loop.py --seconds N``), which prints the tally.
 """
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def reference_run(out: Path) -> dict[str, torch.Tensor]:
     return _weights(out / "last.pt")
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
 def _check_readable(out: Path) -> None:
     for name in ("last.pt", "best.safetensors"):
         if (out / name).exists():
@@ -65,17 +73,19 @@ def kill_loop(workdir: Path, kills: int | None = None, seconds: float | None = N
     while more():
         out = workdir / f"chain{chain}"
         while True:
-            proc = _start(out, resume=(out / "last.pt").exists())
             tmp = out / ".last.pt.tmp"
-            if more() and rng.random() < 0.5:  # the moment a checkpoint is being written
+            stale = _inode(tmp)  # a killed write's leftover, there until this process's first save
+            proc = _start(out, resume=(out / "last.pt").exists())
+            if more() and rng.random() < 0.5:  # the moment a checkpoint is written over an earlier one
                 deadline = time.monotonic() + 30
-                while proc.poll() is None and not tmp.exists() and time.monotonic() < deadline:
+                while proc.poll() is None and time.monotonic() < deadline and not (
+                        (out / "last.pt").exists() and _inode(tmp) not in (None, stale)):
                     time.sleep(0.0005)
                 time.sleep(rng.uniform(0, 0.003))
             elif more():  # a random moment
                 time.sleep(rng.uniform(2.0, 9.0))
             if proc.poll() is None and more():
-                writing = tmp.exists()
+                writing = _inode(tmp) not in (None, stale)
                 proc.kill()
                 proc.wait()
                 tally["kills"] += 1

@@ -13,7 +13,7 @@ from pnnh.analysis import DISTS, linear_cka, probe, ridge_r2, theory
 from pnnh.analysis.dists import VGG16_STAGES
 from pnnh.data import load_dataset
 from pnnh.data.loader import channel_stats
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, pnnh_main, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -140,15 +140,15 @@ def test_cli_probe_and_theory_outputs(tmp_path: Path, cifar_jpeg: Path) -> None:
     assert {"probe.json", "probe.csv", "probe_cka.png", "probe_r2.png", "probe_survival.png"} <= files
     assert len((tmp_path / "probe" / "probe.csv").read_text().splitlines()) == 1 + 2 * 19
 
-    result = run_cli("theory", "--width", "128", "--depth", "4", "--samples", "256", "--json",
-                     "--output", tmp_path / "theory")
+    result = pnnh_main("theory", "--width", "128", "--depth", "4", "--samples", "256", "--json",
+                       "--output", tmp_path / "theory")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert set(out["theorem_3_2"]["plain"]) >= {"mean", "var", "var_ratio"}
     assert set(out["theorem_3_3"][0]) >= {"kind", "depth", "survival", "bound"}
     assert (tmp_path / "theory" / "theory.png").stat().st_size > 1000
-    assert_one_line_error(run_cli("probe", "--model", "resnet20", "--data", "imagefolder", "--data-dir",
-                                  cifar_jpeg, "--dists-weights", tmp_path / "none.pt"), "does not exist")
+    assert_one_line_error(pnnh_main("probe", "--model", "resnet20", "--data", "imagefolder", "--data-dir",
+                                    cifar_jpeg, "--dists-weights", tmp_path / "none.pt"), "does not exist")
 
 
 def test_probe_on_a_vit(cifar_jpeg) -> None:

@@ -16,7 +16,7 @@ from pnnh.bench import parse_entries
 from pnnh.compare import compare
 from pnnh.profile import count_params
 from pnnh.train import TrainConfig, TrainingInterrupted, hardware
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, pnnh_main, run_cli
 
 
 def test_parse_entries() -> None:
@@ -134,11 +134,11 @@ def test_compare_cli_variants(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "curves.png").exists()
     assert out["command"].startswith("pnnh compare --model resnet20")
     (tmp_path / "r" / "report.md").unlink()
-    again = run_cli("compare", "--model", "resnet20", "--kinds", "residual", "--data", "fashion-mnist",
-                    "--train-subset", "32", "--test-subset", "32", "--epochs", "2", "--eval-every", "3",
-                    "--batch-size", "32", "--seeds", "1", "--workers", "0", "--output", tmp_path / "r", "--no-report")
+    again = pnnh_main("compare", "--model", "resnet20", "--kinds", "residual", "--data", "fashion-mnist",
+                      "--train-subset", "32", "--test-subset", "32", "--epochs", "2", "--eval-every", "3",
+                      "--batch-size", "32", "--seeds", "1", "--workers", "0", "--output", tmp_path / "r", "--no-report")
     assert again.returncode == 0 and "(no report)" in again.stderr and not (tmp_path / "r" / "report.md").exists()
-    assert_one_line_error(run_cli("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
+    assert_one_line_error(pnnh_main("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
 
 
 def test_bench_plain_form_entries_are_inference_only() -> None:

@@ -17,7 +17,7 @@ from pnnh import PnnhError
 from pnnh.data import load_dataset, make_loader
 from pnnh.data.loader import augment_batch
 from pnnh.data.readers import FASHION_MNIST_DEBIAN, download_and_extract
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, pnnh_main
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -204,15 +204,15 @@ def test_loader_is_deterministic_and_shards_like_one_process(cifar_test_split) -
 
 def test_cli_data_errors(tmp_path: Path) -> None:
     common = ["train", "--model", "resnet20", "--epochs", "1", "--output", tmp_path / "run"]
-    assert_one_line_error(run_cli(*common, "--data", "imagefolder", "--data-dir", tmp_path / "missing"),
+    assert_one_line_error(pnnh_main(*common, "--data", "imagefolder", "--data-dir", tmp_path / "missing"),
                           "does not exist")
-    assert_one_line_error(run_cli(*common, "--data", "svhn"), "unknown data set 'svhn'")
+    assert_one_line_error(pnnh_main(*common, "--data", "svhn"), "unknown data set 'svhn'")
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    assert_one_line_error(run_cli(*common, "--data", "imagefolder", "--data-dir", tmp_path / "empty"),
+    assert_one_line_error(pnnh_main(*common, "--data", "imagefolder", "--data-dir", tmp_path / "empty"),
                           "no class folders")
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"\x80\x04\x95")
-    assert_one_line_error(run_cli(*common, "--data", "cifar10", "--data-dir", tmp_path), "truncated")
+    assert_one_line_error(pnnh_main(*common, "--data", "cifar10", "--data-dir", tmp_path), "truncated")
     assert not (tmp_path / "run").exists()
 
 

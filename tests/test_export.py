@@ -12,7 +12,7 @@ import pnnh
 from pnnh.checkpoint import load_checkpoint, model_config, save_atomic, save_weights
 from pnnh.convert import PLAIN_MODULE_TYPES
 from pnnh.export import export_model
-from conftest import assert_one_line_error, randomise_batchnorm, run_cli
+from conftest import assert_one_line_error, pnnh_main, randomise_batchnorm, run_cli
 
 FAMILIES = ["resnet20", "resnet18", "vgg11", "vit_cifar_6"]  # one model of each family
 
@@ -82,10 +82,10 @@ def test_export_cli_json_and_failing_parity(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # stdout holds only the JSON report; progress went to stderr
     assert report["passed"] and report["files"] == {"safetensors": "model.safetensors", "pt2": "model.pt2"}
-    failing = run_cli("export", weights, "--output", tmp_path / "strict", "--formats", "safetensors",
-                      "--tolerance", "1e-30")
+    failing = pnnh_main("export", weights, "--output", tmp_path / "strict", "--formats", "safetensors",
+                        "--tolerance", "1e-30")
     assert_one_line_error(failing, "export parity failed for")
-    assert_one_line_error(run_cli("export", weights, "--formats", "tflite"), "unknown export format")
+    assert_one_line_error(pnnh_main("export", weights, "--formats", "tflite"), "unknown export format")
 
 
 def test_tensorboard_events_hold_the_metrics(tmp_path: Path) -> None:

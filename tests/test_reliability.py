@@ -15,21 +15,20 @@ import torch
 
 import pnnh
 from pnnh.checkpoint import load_checkpoint
-from pnnh.cli import main
 from pnnh.train import TrainConfig, train
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, pnnh_main
 from kill_loop import kill_loop
 
 TINY = ["--model", "resnet20", "--data", "fashion-mnist", "--train-subset", "128", "--test-subset", "64",
         "--batch-size", "32", "--workers", "0", "--device", "cpu"]
 
 
-def cli_error(capsys, *args: str, code: int = 2) -> str:
+def cli_error(*args: str, code: int = 2) -> str:
     """Run `pnnh ARGS` in this process; it must fail with one `error:` line and no traceback."""
-    assert main([str(a) for a in args]) == code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    result = pnnh_main(*args)
+    assert result.returncode == code, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     return lines[-1]
 
 
@@ -56,43 +55,43 @@ def test_same_seed_twice_is_bit_identical_on_cpu(tmp_path: Path) -> None:
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the test can fail: another seed differs
 
 
-def test_resume_continues_exactly_that_run_and_refuses_other_settings(tmp_path: Path, capsys) -> None:
+def test_resume_continues_exactly_that_run_and_refuses_other_settings(tmp_path: Path) -> None:
     a = tmp_path / "a"
-    stopped = run_cli("train", *TINY, "--epochs", "2", "--output", a, "--stop-after-steps", "3")
+    stopped = pnnh_main("train", *TINY, "--epochs", "2", "--output", a, "--stop-after-steps", "3")
     assert stopped.returncode == 130, stopped.stderr
     before = _files(a)
     for flags, named in ((["--lr", "0.5"], "--lr 0.5"), (["--model", "resnet32"], "--model 'resnet32'"),
                          (["--epochs", "5"], "--epochs 5"), (["--kind", "pnnh"], "--kind 'pnnh'")):
-        line = cli_error(capsys, "train", "--resume", a / "last.pt", *flags)
+        line = cli_error("train", "--resume", a / "last.pt", *flags)
         assert named in line and "drop" in line
     assert _files(a) == before  # nothing written
     # the same values as the run's, and safe options, are accepted; --output forks the run, leaving `a` alone
-    forked = run_cli("train", "--resume", a / "last.pt", "--lr", "0.1", "--workers", "0", "--device", "cpu",
-                     "--output", tmp_path / "b")
+    forked = pnnh_main("train", "--resume", a / "last.pt", "--lr", "0.1", "--workers", "0", "--device", "cpu",
+                       "--output", tmp_path / "b")
     assert forked.returncode == 0, forked.stderr
     assert _files(a) == before
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
-    line = cli_error(capsys, "train", "--resume", tmp_path / "b" / "best.safetensors")
+    line = cli_error("train", "--resume", tmp_path / "b" / "best.safetensors")
     assert "holds weights only" in line and "last.pt" in line
-    line = cli_error(capsys, "train", "--resume", a / "last.pt", "--output", tmp_path / "b")
+    line = cli_error("train", "--resume", a / "last.pt", "--output", tmp_path / "b")
     assert "already holds a run" in line
-    line = cli_error(capsys, "eval", "--checkpoint", a / "last.pt", "--data", "fashion-mnist", "--batch-size", "0")
+    line = cli_error("eval", "--checkpoint", a / "last.pt", "--data", "fashion-mnist", "--batch-size", "0")
     assert "--batch-size must be at least 1" in line
 
 
-def test_compare_refuses_runs_with_other_settings_and_honours_config(tmp_path: Path, capsys) -> None:
+def test_compare_refuses_runs_with_other_settings_and_honours_config(tmp_path: Path) -> None:
     out = tmp_path / "r"
     base = ["compare", "--model", "resnet20", "--kinds", "residual", "--seeds", "1", "--data", "fashion-mnist",
             "--train-subset", "32", "--test-subset", "32", "--batch-size", "32", "--workers", "0", "--output", out]
-    first = run_cli(*base, "--epochs", "1", "--json")
+    first = pnnh_main(*base, "--epochs", "1", "--json")
     assert first.returncode == 0, first.stderr
     report = (out / "report.md").read_text(), (out / "results.json").read_text()
-    line = cli_error(capsys, *base, "--epochs", "1", "--lr", "0.05")
+    line = cli_error(*base, "--epochs", "1", "--lr", "0.05")
     assert "lr=0.1" in line and "lr=0.05" in line and "--overwrite" in line
     assert ((out / "report.md").read_text(), (out / "results.json").read_text()) == report
     config = tmp_path / "run.yaml"
     config.write_text("epochs: 2\nlr: 0.05\n")
-    again = run_cli(*base, "--config", config, "--overwrite", "--json")
+    again = pnnh_main(*base, "--config", config, "--overwrite", "--json")
     assert again.returncode == 0, again.stderr
     result = json.loads(again.stdout)
     assert result["budget"]["epochs"] == 2 and result["budget"]["lr"] == 0.05
@@ -101,18 +100,18 @@ def test_compare_refuses_runs_with_other_settings_and_honours_config(tmp_path: P
     assert (saved["epochs"], saved["lr"]) == (2, 0.05)
     # where decoded images are cached does not change a run: a finished run is reused, not trained again
     metrics = (out / "runs" / "resnet20-residual-seed0" / "metrics.jsonl").read_text()
-    moved = run_cli(*base, "--config", config, "--cache-dir", tmp_path / "elsewhere", "--json")
+    moved = pnnh_main(*base, "--config", config, "--cache-dir", tmp_path / "elsewhere", "--json")
     assert moved.returncode == 0, moved.stderr
     assert "done, skipped" in moved.stderr
     assert (out / "runs" / "resnet20-residual-seed0" / "metrics.jsonl").read_text() == metrics
     config.write_text("epochs: 2\nlearning_rate: 0.05\n")
-    assert "unknown option(s) learning_rate" in cli_error(capsys, *base, "--config", config)
+    assert "unknown option(s) learning_rate" in cli_error(*base, "--config", config)
 
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = run_cli("train", *TINY, "--epochs", "2", "--lr", "1e12", "--checkpoint-every", "1", "--output", run,
-                     "--json")
+    result = pnnh_main("train", *TINY, "--epochs", "2", "--lr", "1e12", "--checkpoint-every", "1", "--output", run,
+                       "--json")
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""
     last = [line for line in result.stderr.splitlines() if line.strip()][-1]
@@ -134,22 +133,22 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path: Path
     (["--warmup-epochs", "5"], "longer than --epochs"), (["--clip-grad", "0"], "--clip-grad must be positive"),
     (["--epo", "2"], "unrecognized arguments: --epo"),
 ])
-def test_every_flag_is_checked(flags: list[str], message: str, tmp_path: Path, capsys) -> None:
-    assert message in cli_error(capsys, "train", *TINY, "--epochs", "2", *flags, "--output", tmp_path / "x")
+def test_every_flag_is_checked(flags: list[str], message: str, tmp_path: Path) -> None:
+    assert message in cli_error("train", *TINY, "--epochs", "2", *flags, "--output", tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
-def test_yaml_values_are_checked_by_type_for_every_command(tmp_path: Path, capsys) -> None:
+def test_yaml_values_are_checked_by_type_for_every_command(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("lr: true\n")
-    assert "--lr must be a finite number, got True" in cli_error(capsys, "train", *TINY, "--config", config,
+    assert "--lr must be a finite number, got True" in cli_error("train", *TINY, "--config", config,
                                                                   "--output", tmp_path / "x")
     config.write_text("epochs: 2.5\n")
-    assert "--epochs must be an integer" in cli_error(capsys, "train", *TINY, "--config", config)
+    assert "--epochs must be an integer" in cli_error("train", *TINY, "--config", config)
     config.write_text("repeats: 0\n")
-    assert "at least 1" in cli_error(capsys, "bench", "--config", config)
+    assert "at least 1" in cli_error("bench", "--config", config)
     config.write_text("[1, 2]\n")
-    assert "must be a mapping" in cli_error(capsys, "probe", "--config", config)
+    assert "must be a mapping" in cli_error("probe", "--config", config)
 
 
 def _limited(limit: int):
@@ -161,7 +160,7 @@ def _limited(limit: int):
 
 def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert run_cli("train", *TINY, "--epochs", "1", "--output", run, "--stop-after-steps", "2").returncode == 130
+    assert pnnh_main("train", *TINY, "--epochs", "1", "--output", run, "--stop-after-steps", "2").returncode == 130
     before = (run / "last.pt").read_bytes()
     full = subprocess.run([sys.executable, "-m", "pnnh", "train", "--resume", run / "last.pt", "--device", "cpu",
                            "--workers", "0"], capture_output=True, text=True, timeout=300,
@@ -193,11 +192,11 @@ def mounted(tmp_path: Path):
         subprocess.run(["umount", str(point)], capture_output=True)
 
 
-def test_real_full_and_read_only_file_systems(mounted, capsys) -> None:
+def test_real_full_and_read_only_file_systems(mounted) -> None:
     small = mounted("size=300k")
-    line = cli_error(capsys, "train", *TINY, "--epochs", "1", "--output", small / "run")
+    line = cli_error("train", *TINY, "--epochs", "1", "--output", small / "run")
     assert line.startswith("error: cannot write") and "no space left on the device" in line
     assert not list((small / "run").glob(".*.tmp"))
     read_only = mounted("ro,size=1m")
-    line = cli_error(capsys, "train", *TINY, "--epochs", "1", "--output", read_only / "run")
+    line = cli_error("train", *TINY, "--epochs", "1", "--output", read_only / "run")
     assert "read-only" in line and str(read_only / "run") in line

@@ -14,7 +14,7 @@ import torch
 
 import pnnh
 from pnnh.train import TrainConfig, hardware, lr_factor, train, write_metrics
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, pnnh_main
 
 TINY = dict(model="resnet20", data="fashion-mnist", train_subset=256, test_subset=128, batch_size=32, workers=0)
 
@@ -63,8 +63,8 @@ def test_resnet20_learns_fashion_mnist_in_one_epoch(tmp_path: Path) -> None:
 def test_eval_reproduces_the_training_runs_test_accuracy(tmp_path: Path) -> None:
     run = tmp_path / "run"
     summary = train(TrainConfig(**TINY, kind="pnnh", epochs=1, output=str(run)))
-    result = run_cli("eval", "--model", "resnet20", "--kind", "pnnh", "--checkpoint", run / "last.pt",
-                     "--data", "fashion-mnist", "--test-subset", 128, "--json", "--device", "cpu")
+    result = pnnh_main("eval", "--model", "resnet20", "--kind", "pnnh", "--checkpoint", run / "last.pt",
+                       "--data", "fashion-mnist", "--test-subset", 128, "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     got = json.loads(result.stdout)  # stdout holds only JSON
     assert got["images"] == 128
@@ -167,13 +167,13 @@ def test_bad_input_leaves_existing_results_alone(tmp_path: Path) -> None:
     before = (run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()
     base = ["--data", "fashion-mnist", "--test-subset", "64", "--device", "cpu"]
     # a run folder that already holds a run
-    assert_one_line_error(run_cli("train", "--model", "resnet20", *base, "--output", run), "already holds a run")
+    assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--output", run), "already holds a run")
     # a checkpoint from another model
-    assert_one_line_error(run_cli("eval", "--model", "resnet56", "--checkpoint", run / "last.pt", *base),
+    assert_one_line_error(pnnh_main("eval", "--model", "resnet56", "--checkpoint", run / "last.pt", *base),
                           "holds resnet20 (residual)")
     weights_only = tmp_path / "weights.pt"
     torch.save(torch.load(run / "last.pt", weights_only=True)["model"], weights_only)
-    assert_one_line_error(run_cli("eval", "--model", "resnet32", "--checkpoint", weights_only, *base),
+    assert_one_line_error(pnnh_main("eval", "--model", "resnet32", "--checkpoint", weights_only, *base),
                           "does not fit this model")
     # a hostile checkpoint must not run code
     marker = tmp_path / "pwned"
@@ -183,18 +183,18 @@ def test_bad_input_leaves_existing_results_alone(tmp_path: Path) -> None:
             return (os.system, (f"touch {marker}",))
 
     torch.save({"model": Hostile()}, tmp_path / "hostile.pt")
-    assert_one_line_error(run_cli("eval", "--model", "resnet20", "--checkpoint", tmp_path / "hostile.pt", *base),
+    assert_one_line_error(pnnh_main("eval", "--model", "resnet20", "--checkpoint", tmp_path / "hostile.pt", *base),
                           "unsafe to load")
     assert not marker.exists()
     (tmp_path / "truncated.pt").write_bytes((run / "last.pt").read_bytes()[:1000])
-    assert_one_line_error(run_cli("eval", "--model", "resnet20", "--checkpoint", tmp_path / "truncated.pt", *base),
+    assert_one_line_error(pnnh_main("eval", "--model", "resnet20", "--checkpoint", tmp_path / "truncated.pt", *base),
                           "cannot load checkpoint")
-    assert_one_line_error(run_cli("train", "--model", "resnet20", *base, "--opt", "lion", "--output",
-                                  tmp_path / "x"), "unknown --opt 'lion'")
-    assert_one_line_error(run_cli("train", "--model", "resnet20", *base, "--batch-size", "0", "--output",
-                                  tmp_path / "x"), "--batch-size must be at least 1")
-    assert_one_line_error(run_cli("train", "--model", "resnet20", *base, "--model-kwargs", "coder_share=x",
-                                  "--kind", "pnnh", "--output", tmp_path / "x"), "unknown coder_share")
+    assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--opt", "lion", "--output",
+                                    tmp_path / "x"), "unknown --opt 'lion'")
+    assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--batch-size", "0", "--output",
+                                    tmp_path / "x"), "--batch-size must be at least 1")
+    assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--model-kwargs", "coder_share=x",
+                                    "--kind", "pnnh", "--output", tmp_path / "x"), "unknown coder_share")
     assert ((run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before
 
 
@@ -202,15 +202,15 @@ def test_yaml_config_with_flag_override(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("model: resnet20\nkind: pnnh\ndata: fashion-mnist\ntrain-subset: 128\ntest_subset: 64\n"
                       "epochs: 3\nbatch_size: 64\nmodel_kwargs:\n  learner_ratio: 0.5\n")
-    result = run_cli("train", "--config", config, "--epochs", "1", "--output", tmp_path / "run", "--json",
-                     "--workers", "0")
+    result = pnnh_main("train", "--config", config, "--epochs", "1", "--output", tmp_path / "run", "--json",
+                       "--workers", "0")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert len(summary["history"]) == 1 and saved["epochs"] == 1 and saved["kind"] == "pnnh"
     assert saved["model_kwargs"] == {"learner_ratio": 0.5} and saved["train_subset"] == 128
     config.write_text("epochs: 1\nlearning_rate: 0.1\n")
-    assert_one_line_error(run_cli("train", "--config", config), "unknown option(s) learning_rate")
+    assert_one_line_error(pnnh_main("train", "--config", config), "unknown option(s) learning_rate")
 
 
 def test_a_vit_trains_with_the_transformer_recipe_and_evaluates(tmp_path: Path) -> None:
@@ -230,7 +230,7 @@ def test_a_vit_trains_with_the_transformer_recipe_and_evaluates(tmp_path: Path) 
     no_decay = {id(p) for p in groups[1]["params"]}
     assert id(summary["model"].pos_embed) in no_decay and id(summary["model"].cls_token) in no_decay
     assert id(summary["model"].blocks[0].attn.qkv.weight) not in no_decay
-    result = run_cli("eval", "--checkpoint", run / "best.safetensors", "--data", "fashion-mnist", "--test-subset",
-                     "64", "--json", "--device", "cpu")
+    result = pnnh_main("eval", "--checkpoint", run / "best.safetensors", "--data", "fashion-mnist", "--test-subset",
+                       "64", "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["top1"] == max(r["test_acc"] for r in summary["history"][1:])
