@@ -334,3 +334,21 @@ def test_attention_bf16_on_cpu_is_the_same_product() -> None:
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
     for got, want in zip(torch.autograd.grad(out.float().square().sum(), low), ref_grads):
         torch.testing.assert_close(got.float(), want, atol=6e-2, rtol=6e-2)
+
+
+def test_the_code_path_keeps_its_inputs_precision_under_autocast() -> None:
+    """A skip adds x unrounded; the internal path, a linear map of x, must not round a float32 stream to
+    bf16 either (at every sub-layer that moved vit_cifar_24's logits at code_ratio=0.5 6x further from
+    float32 than the residual ViT's). A bf16 stream (the CNNs' under autocast) stays bf16."""
+    from pnnh.models.layers import linear_path
+
+    g = torch.Generator().manual_seed(0)
+    encode = torch.linalg.qr(torch.randn(16, 8, generator=g))[0].t()  # 8 orthonormal rows: a half-width code
+    tokens, maps = torch.randn(2, 5, 16, generator=g), torch.randn(2, 16, 4, 4, generator=g)
+    for x in (tokens, maps):
+        want = linear_path(x, encode, encode.t())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, low = linear_path(x, encode, encode.t()), linear_path(x.bfloat16(), encode, encode.t())
+        assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6)
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), want, atol=5e-2, rtol=5e-2)

@@ -124,7 +124,15 @@ class ProjectionCoder(TiedCoder):
 def linear_path(x: torch.Tensor, encode: torch.Tensor, decode: torch.Tensor, stride: int = 1) -> torch.Tensor:
     """decode @ encode applied as a map on channels: a strided 1x1 conv on feature maps (B, C, H, W), a
     linear map on tokens (B, N, C). Composed first (one map) when that is cheaper for this batch, else
-    the two maps in turn (a wide code at small batch, e.g. resnet50's last stage)."""
+    the two maps in turn (a wide code at small batch, e.g. resnet50's last stage).
+
+    Under autocast the path computes in x's own dtype, not the autocast one: a residual net's skip adds
+    x unrounded, and a ViT's float32 stream rounded to bf16 at every sub-layer drifts (vit_cifar_24 at
+    code_ratio=0.5: logits 6x further from float32 than the residual ViT's; in x's dtype, alike:
+    docs/design-notes.md, Vision Transformers)."""
+    if torch.is_autocast_enabled(x.device.type):  # keep x's own precision, as a skip carries x unrounded
+        with torch.autocast(x.device.type, enabled=False):
+            return linear_path(x, encode.to(x.dtype), decode.to(x.dtype), stride)
     k, c_in = encode.shape
     c_out = decode.shape[0]
     if x.dim() == 3:
