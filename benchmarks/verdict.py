@@ -15,7 +15,9 @@ finished seeds to decide anything. For a difference d = mean(A) - mean(B) with s
 se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
 - "A is on par with B"      holds if d - 2 se > -MARGIN, does not hold if d + 2 se < -MARGIN;
 - "A falls behind B"        holds if d + 2 se < -MARGIN, does not hold if d - 2 se > -MARGIN;
-anything else is undecided at this budget. The runs of one verdict must share their budget: every
+anything else is undecided at this budget. The PNNH claim is that some plain net with an internal path
+trains on par: it holds if a variant is on par ("holds in part" if another is not), does not hold only
+when every variant is not, and is undecided otherwise. The runs of one verdict must share their budget: every
 training setting but the model, kind, model options, seed and where/how it ran (RESUME_SAFE) must
 agree, or the script stops and names the setting.
 """
@@ -130,8 +132,9 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     evidence = [(f"{m}:pnnh:{v}", contrast(g(f"{m}:pnnh:{v}"), g(f"{m}:residual"), "on par")) for m, v in variants]
     holding = [k for k, c in evidence if c["verdict"] == "holds"]
     failing = [k for k, c in evidence if c["verdict"] == "does not hold"]
+    # some PNNH net on par is the claim: it fails only when every variant has failed
     verdict = ("holds in part" if holding and failing else "holds" if holding
-               else "does not hold" if failing else "undecided")
+               else "does not hold" if len(failing) == len(evidence) else "undecided")
     rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
                  "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
                  + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
@@ -140,7 +143,7 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
                  "decided_by": "pnnh variants whose code is not the identity (narrow or learned coders) vs residual",
                  "verdict": verdict,
                  "why": (f"on par: {', '.join(holding) or 'none'}; not: {', '.join(failing) or 'none'}; "
-                         f"the rest undecided. The default coder's match is an A/A test, not evidence; "
+                         f"{'the rest' if holding or failing else 'all'} undecided. The default coder's match is an A/A test, not evidence; "
                          + {"holds": "by the same rule that pair is on par at depth 56 (the rule can resolve parity)",
                             "does not hold": "yet by the same rule that pair is not on par at depth 56: a difference "
                                              "beyond the function (initialisation, rounding) or chance",

@@ -84,3 +84,17 @@ def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) ->
     _run(tmp_path, "x0", 2, lr=0.2, seed=2)
     with pytest.raises(SystemExit, match="differ in lr"):
         verdict.finished_runs(tmp_path)
+
+
+def test_pnnh_claim_fails_only_when_every_variant_has_failed() -> None:
+    s = verdict.stats
+    acc = {"resnet56:residual": s([76.4, 76.2, 75.9]), "resnet110:residual": s([75.0, 75.2, 74.8])}
+    behind = s([60.0, 61.0, 59.0])
+    narrow = {f"resnet56:pnnh:code_ratio={r}": behind for r in (0.0625, 0.25, 0.5)}
+    row = verdict.accuracy_claims({**acc, **narrow})[1]
+    assert row["verdict"] == "undecided" and row["why"].startswith("on par: none; not: resnet56:pnnh:code_ratio=0.0625")
+    rest = {"resnet110:pnnh:code_ratio=0.25": behind, "resnet56:pnnh:coder=learned,coder_share=stage": behind,
+            "resnet56:pnnh:coder=learned,coder_share=block": behind}
+    assert verdict.accuracy_claims({**acc, **narrow, **rest})[1]["verdict"] == "does not hold"
+    on_par = {"resnet56:pnnh:coder=learned,coder_share=block": s([76.3, 76.1, 76.0])}
+    assert verdict.accuracy_claims({**acc, **narrow, **on_par})[1]["verdict"] == "holds in part"
