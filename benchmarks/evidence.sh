@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-1}
 export OMP_NUM_THREADS=${THREADS:-$(( JOBS > 1 ? 1 : 2 ))}
 PNNH=${PNNH:-.venv/bin/pnnh}
+PYTHON=${PYTHON:-.venv/bin/python}
 SEEDS=(0 1 2)
 # The budget: residual resnet56 must reach at least 75% test accuracy on it: 20,000 x 8 reached 76.37%
 # (one seed; 10,000 x 15 reached 74.41%; benchmarks/results/recipe/README.md). compare refuses to mix budgets.
@@ -28,9 +29,13 @@ RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}"
 # 10,000 images x 10 epochs; into benchmarks/results/evidence_vit/ (one verdict never mixes budgets).
 # Tested after epochs 5 and 10 only: a ViT's pass over the 10,000 test images costs about 40% of a
 # training epoch on this CPU, so testing every epoch would add about a third to the matrix.
+# bf16 with channels-last: 2.2-2.5x float32 on one AMX thread, the kinds rounded alike, and the residual
+# vit_cifar_12 (seed 0) at 47.21% against 47.98% in float32 (benchmarks/results/precision/README.md).
+# A CPU without bf16 units emulates it at about 0.07x: the ViT stages then refuse to start.
 VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 10000
             --epochs 10 --batch-size 128 --opt adamw --lr 1e-3 --weight-decay 0.05 --sched cosine
-            --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --eval-every 5 --workers 0)
+            --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --eval-every 5 --workers 0
+            --amp bf16 --channels-last)
 recipe() { if [[ $1 == vit* ]]; then echo VIT_RECIPE; else echo RECIPE; fi; }
 out() { if [[ $1 == vit* ]]; then echo benchmarks/results/evidence_vit/$1; else echo benchmarks/results/evidence/$1; fi; }
 # Entries are separated by spaces here (an entry's own options by commas). The default pnnh coder computes
@@ -50,6 +55,11 @@ main() {  # one function, parsed whole before it runs: editing this file mid-run
 stages=("${@:-${ORDER[@]}}")
 for stage in "${stages[@]}"; do
   [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24" >&2; exit 2; }
+  if [[ $stage == vit* ]] && ! grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null \
+     && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+    echo "stage $stage trains in bf16, which this CPU has no units for (emulated, about 14x slower than" \
+         "float32): run it on a CPU with amx_bf16 or avx512_bf16, or a GPU" >&2; exit 2
+  fi
 done
 
 full_compare() {  # the stage's report over every entry and seed (trains whatever is missing)

@@ -345,7 +345,7 @@ def describe_budget(b: dict) -> str:
     parts += [f"gradient clipping at norm {b['clip_grad']:g}"] if b["clip_grad"] else []
     parts += [f"mixup {b['mixup']:g}"] if b["mixup"] else []
     parts += [f"cutmix {b['cutmix']:g}"] if b["cutmix"] else []
-    parts += ["float32" if b["amp"] == "none" else b["amp"]]
+    parts += [("float32" if b["amp"] == "none" else b["amp"]) + (" channels-last" if b["channels_last"] else "")]
     return ", ".join(parts)
 
 
