@@ -130,8 +130,9 @@ def linear_path(x: torch.Tensor, encode: torch.Tensor, decode: torch.Tensor, str
     x unrounded, and a ViT's float32 stream rounded to bf16 at every sub-layer drifts (vit_cifar_24 at
     code_ratio=0.5: logits 6x further from float32 than the residual ViT's; in x's dtype, alike:
     docs/design-notes.md, Vision Transformers)."""
-    if torch.is_autocast_enabled(x.device.type):  # keep x's own precision, as a skip carries x unrounded
-        with torch.autocast(x.device.type, enabled=False):
+    device = x.device.type  # "meta" (counting MACs) has no autocast
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):  # keep x's own precision
+        with torch.autocast(device, enabled=False):
             return linear_path(x, encode.to(x.dtype), decode.to(x.dtype), stride)
     k, c_in = encode.shape
     c_out = decode.shape[0]
