@@ -54,7 +54,8 @@ def pnnh_main(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["pnnh", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, no traceback, one `error:` line, last, holding every fragment; returns that line."""
     assert result.returncode == 2, f"exit {result.returncode}; stderr: {result.stderr[-2000:]}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert "Traceback" not in result.stderr, result.stderr
@@ -62,6 +63,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert len([line for line in lines if line.startswith("error")]) == 1
     for fragment in fragments:
         assert fragment in lines[-1], f"{fragment!r} not in {lines[-1]!r}"
+    return lines[-1]
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 1) -> None:

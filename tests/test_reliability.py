@@ -23,13 +23,9 @@ TINY = ["--model", "resnet20", "--data", "fashion-mnist", "--train-subset", "128
         "--batch-size", "32", "--workers", "0", "--device", "cpu"]
 
 
-def cli_error(*args: str, code: int = 2) -> str:
+def cli_error(*args: str) -> str:
     """Run `pnnh ARGS` in this process; it must fail with one `error:` line and no traceback."""
-    result = pnnh_main(*args)
-    assert result.returncode == code, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
-    return lines[-1]
+    return assert_one_line_error(pnnh_main(*args))
 
 
 def _files(folder: Path) -> dict[str, bytes]:
