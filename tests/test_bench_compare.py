@@ -36,6 +36,7 @@ def test_bench_json_ratios_are_computed_from_the_measurements() -> None:
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["device"] == "cpu" and out["torch"]
+    assert out["hardware"] == hardware(torch.device("cpu"))  # named as a training's metrics rows name it
     first, second = out["entries"]
     assert (first["kind"], second["kind"], second["variant"]) == ("residual", "pnnh", "learner_ratio=0.5")
     assert first["ratio_train"] == 1.0 and first["ratio_infer"] == 1.0

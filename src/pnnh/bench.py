@@ -15,7 +15,7 @@ from .models import create_model
 from .models.registry import check_kind, parse_kwargs
 from .profile import count_macs, count_params
 from .progress import bar
-from .train import check_amp, cpu_name
+from .train import check_amp, hardware
 
 
 @dataclass
@@ -188,14 +188,14 @@ def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input
         row["ratio_train"] = row["train_img_s"] / train_ref if row["train_img_s"] and train_ref else None
         row["ratio_infer"] = row["infer_img_s"] / rows[0]["infer_img_s"]
     return {"device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_name() if dev.type == "cpu" else None, "amp": amp, "channels_last": channels_last,
+            "hardware": hardware(dev), "amp": amp, "channels_last": channels_last,
             "compile": compile, "batch_size": batch_size, "input_size": built[0]["size"], "repeats": repeats,
             "steps_per_repeat": steps, "peak_mem_kind": "cuda max_memory_allocated" if dev.type == "cuda" else
             "params + grads + optimiser state + saved activations", "entries": rows}
 
 
 def format_bench(result: dict) -> str:
-    lines = [f"device {result['device']}, torch {result['torch']}, batch {result['batch_size']}, input "
+    lines = [f"{result['hardware']}, torch {result['torch']}, batch {result['batch_size']}, input "
              f"{result['input_size']}px, median of {result['repeats']} interleaved repeats",
              f"{'entry':<34} {'params':>9} {'GMACs':>7} {'train img/s':>12} {'ratio':>6} {'infer img/s':>12} "
              f"{'ratio':>6} {'mem MB':>8}"]
