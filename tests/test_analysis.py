@@ -132,7 +132,8 @@ def test_cli_probe_and_theory_outputs(tmp_path: Path, cifar_jpeg: Path) -> None:
     runs = json.loads(result.stdout)
     assert [r["kind"] for r in runs] == ["residual", "plain"]
     layer = runs[0]["layers"][0]
-    assert set(layer) == {"index", "name", "cka", "r2", "survival", "dead", "erank", "dists"}
+    assert set(layer) == {"index", "name", "cka", "r2", "survival", "dead", "erank", "spread", "dists"}
+    assert 0 < layer["spread"] < 1  # a conv's feature map differs from pixel to pixel
     assert layer["dists"] is None and any("DISTS skipped" in n for n in runs[0]["notes"])
     assert set(runs[0]["noise_floor"]) >= {"cka", "r2"}
     assert [row["index"] for row in runs[1]["layers"]] == list(range(19))
@@ -149,6 +150,15 @@ def test_cli_probe_and_theory_outputs(tmp_path: Path, cifar_jpeg: Path) -> None:
     assert (tmp_path / "theory" / "theory.png").stat().st_size > 1000
     assert_one_line_error(pnnh_main("probe", "--model", "resnet20", "--data", "imagefolder", "--data-dir",
                                     cifar_jpeg, "--dists-weights", tmp_path / "none.pt"), "does not exist")
+    # entries with options, as compare takes them: the narrow-code PNNH ViT keeps its tokens apart
+    result = pnnh_main("probe", "--entries", "vit_cifar_6:plain,vit_cifar_6:pnnh:code_ratio=0.5", "--data",
+                       "imagefolder", "--data-dir", cifar_jpeg, "--num-images", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    plain, narrow = json.loads(result.stdout)
+    assert (plain["label"], narrow["label"]) == ("plain", "pnnh:code_ratio=0.5")
+    assert plain["layers"][-1]["spread"] < 1e-6 < 0.1 < narrow["layers"][-1]["spread"]
+    assert_one_line_error(pnnh_main("probe", "--entries", "vit_cifar_6:plain", "--model", "resnet20"),
+                          "--entries names each model")
 
 
 def test_probe_on_a_vit(cifar_jpeg) -> None:
@@ -159,9 +169,14 @@ def test_probe_on_a_vit(cifar_jpeg) -> None:
     models = {kind: pnnh.create_model("vit_cifar_6", kind=kind) for kind in ("residual", "plain", "pnnh")}
     for model in models.values():  # the same weights in all three: only what crosses a sub-layer differs
         model.load_state_dict({**model.state_dict(), **models["residual"].state_dict()})
-    results = {kind: probe(model, images, metrics=("cka", "survival")) for kind, model in models.items()}
+    results = {kind: probe(model, images, metrics=("cka", "survival", "spread")) for kind, model in models.items()}
     for result in results.values():  # one layer per MLP activation (GELU), tokens flattened per image
         assert len(result["layers"]) == 6 and all(-1 <= row["cka"] <= 1 for row in result["layers"])
+    # rank collapse: without a skip the attention averages an image's tokens into one vector within two
+    # blocks (query and key weights are small at initialisation); a skip, or the PNNH code, keeps them apart
+    spread = {kind: [row["spread"] for row in r["layers"]] for kind, r in results.items()}
+    assert max(spread["plain"][1:]) < 1e-6 and spread["plain"][0] < 0.1
+    assert min(spread["residual"]) > 0.1 and spread["pnnh"] == pytest.approx(spread["residual"], rel=1e-3)
     # the frozen coder computes the residual function: the same curve; plain differs
     assert [r["cka"] for r in results["pnnh"]["layers"]] == pytest.approx(
         [r["cka"] for r in results["residual"]["layers"]], abs=1e-4)

@@ -234,3 +234,10 @@ def test_a_vit_trains_with_the_transformer_recipe_and_evaluates(tmp_path: Path) 
                        "64", "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["top1"] == max(r["test_acc"] for r in summary["history"][1:])
+    # the probe rebuilds the trained model (28 px, 1 channel) from the file and labels it by its kind
+    result = pnnh_main("probe", "--checkpoint", run / "best.safetensors", "--data", "fashion-mnist", "--num-images",
+                       "16", "--json")
+    assert result.returncode == 0, result.stderr
+    probed = json.loads(result.stdout)
+    assert (probed["model"], probed["label"], probed["trained"]) == ("vit_cifar_6", "pnnh", True)
+    assert len(probed["layers"]) == 6 and all(0 < row["spread"] < 1 for row in probed["layers"])

@@ -326,6 +326,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
     from .analysis import DISTS, probe
     from .analysis.probe import load_probe_images
+    from .bench import Entry, parse_entries
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .models import create_model
 
@@ -335,37 +336,45 @@ def cmd_probe(args: argparse.Namespace) -> None:
         raise PnnhError(f"{args.checkpoint} does not record its model (a bare state dict): probe a checkpoint "
                         f"written by pnnh train")
     if spec:
-        if args.kinds or (args.model and args.model != spec["name"]) or (args.kind and args.kind != spec["kind"]):
-            raise PnnhError(f"--checkpoint holds one model, {spec['name']} ({spec['kind']}): drop --model, --kind "
-                            f"and --kinds, or probe other kinds at initialisation without --checkpoint")
-        model_name, kinds = spec["name"], [spec["kind"]]
+        if (args.kinds or args.entries or (args.model and args.model != spec["name"])
+                or (args.kind and args.kind != spec["kind"])):
+            raise PnnhError(f"--checkpoint holds one model, {spec['name']} ({spec['kind']}): drop --model, --kind, "
+                            f"--kinds and --entries, or probe other kinds at initialisation without --checkpoint")
+        entries = [Entry(spec["name"], spec["kind"], dict(spec.get("kwargs") or {}))]  # for its label
+    elif args.entries:
+        if args.model or args.kind or args.kinds or args.model_kwargs:
+            raise PnnhError("--entries names each model, kind and option: drop --model, --kind, --kinds and "
+                            "--model-kwargs")
+        entries = parse_entries(args.entries)
     else:
         if not args.model:
-            raise PnnhError("--model is needed (or --checkpoint of a trained run)")
-        model_name = args.model
-        kinds = [k.strip() for k in (args.kinds or args.kind or "residual").split(",") if k.strip()]
+            raise PnnhError("--model is needed (or --entries, or --checkpoint of a trained run)")
+        kwargs = parse_kwargs(args.model_kwargs or [])
+        entries = [Entry(args.model, k.strip(), kwargs)
+                   for k in (args.kinds or args.kind or "residual").split(",") if k.strip()]
     images, rgb, num_classes = load_probe_images(args.data, args.data_dir, args.num_images, args.seed,
                                                  (spec["mean"], spec["std"]) if spec and spec["mean"] else None,
                                                  args.cache_dir)
     dists = DISTS.from_vgg16(args.dists_weights) if args.dists_weights else None
     runs = []
-    for kind in bar(kinds, desc="probe", unit="model"):
+    for entry in bar(entries, desc="probe", unit="model"):
         torch.manual_seed(args.seed)
         if spec:
             model = model_from_checkpoint(checkpoint, args.checkpoint)
         else:
-            model = create_model(model_name, kind=kind, num_classes=num_classes, in_chans=images.shape[1],
-                                 **parse_kwargs(args.model_kwargs or []))
-        log.info(f"probing {model_name} ({kind}) on {len(images)} images")
+            model = create_model(entry.model, kind=entry.kind, num_classes=num_classes, in_chans=images.shape[1],
+                                 **entry.kwargs)
+        log.info(f"probing {entry.label} on {len(images)} images")
         result = probe(model, images, rgb, dists=dists, seed=args.seed, batch_stats=not checkpoint)
-        runs.append({"model": model_name, "kind": kind, "trained": bool(checkpoint), **result})
+        runs.append({"model": entry.model, "kind": entry.kind, "label": entry.label.split(":", 1)[1],
+                     "trained": bool(checkpoint), **result})
     if args.output:
         out = Path(args.output)
         make_dir(out)
         write_json(out / "probe.json", runs if len(runs) > 1 else runs[0])
         write_csv(out / "probe.csv", [{"model": run["model"], "kind": run["kind"], **row}
                                       for run in runs for row in run["layers"]],
-                  ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "dists"])
+                  ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "spread", "dists"])
         from .analysis.plots import plot_probe
         for path in plot_probe(runs, out):
             print(f"wrote {path}", file=sys.stderr)
@@ -374,12 +383,13 @@ def cmd_probe(args: argparse.Namespace) -> None:
         return
     for run in runs:
         floor = run["noise_floor"]
-        print(f"{run['model']} ({run['kind']}): noise floor CKA {floor['cka']:.3f}, R^2 {floor['r2']:.3f}")
-        print(f"  {'layer':<28} {'cka':>6} {'r2':>7} {'surv':>6} {'dead':>6} {'erank':>7} {'dists':>6}")
+        print(f"{run['model']} ({run['label']}): noise floor CKA {floor['cka']:.3f}, R^2 {floor['r2']:.3f}")
+        print(f"  {'layer':<28} {'cka':>6} {'r2':>7} {'surv':>6} {'dead':>6} {'erank':>7} {'spread':>7} {'dists':>6}")
         for row in run["layers"]:
             d = "-" if row.get("dists") is None else f"{row['dists']:.3f}"
+            spread = "-" if row.get("spread") is None else f"{row['spread']:.3g}"
             print(f"  {row['name']:<28} {row['cka']:>6.3f} {row['r2']:>7.3f} {row['survival']:>6.3f} "
-                  f"{row['dead']:>6.3f} {row['erank']:>7.2f} {d:>6}")
+                  f"{row['dead']:>6.3f} {row['erank']:>7.2f} {spread:>7} {d:>6}")
         for note in run["notes"]:
             print(f"  note: {note}")
 
@@ -496,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", help="residual (default) | plain | pnnh")
     p.add_argument("--kinds", help="several kinds side by side (at initialisation), e.g. residual,plain,pnnh")
     p.add_argument("--model-kwargs", nargs="*", default=None, metavar="KEY=VALUE")
+    p.add_argument("--entries", help="instead of --model/--kinds: model:kind[:key=value,...], comma-separated, "
+                                     "e.g. vit_cifar_12:residual,vit_cifar_12:pnnh:code_ratio=0.5")
     p.add_argument("--checkpoint", help="probe trained weights (default: at initialisation)")
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir")

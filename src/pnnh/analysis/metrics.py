@@ -1,7 +1,7 @@
 """Weight-free measures of how much of the input survives in a layer's output.
 
-Every function takes per-image rows: X (n, p) and Y (n, q), one image per row. All of them need only
-the n x n Gram matrix of each representation, so the probe computes that once per layer
+Every function but ``position_spread`` takes per-image rows: X (n, p) and Y (n, q), one image per row.
+They need only the n x n Gram matrix of each representation, so the probe computes that once per layer
 (the ``*_gram`` forms) and a 16k-dimensional feature map costs one matrix product.
 """
 from __future__ import annotations
@@ -91,3 +91,16 @@ def survival(pre_activation: torch.Tensor) -> tuple[float, float]:
     """(fraction of positive pre-activations, fraction of neurons positive for no image)."""
     positive = pre_activation.flatten(1) > 0
     return float(positive.double().mean()), float((~positive.any(0)).double().mean())
+
+
+def position_spread(x: torch.Tensor) -> float | None:
+    """Share of a layer's energy that differs between the positions of one image: tokens of a (n, tokens,
+    channels) output, pixels of a (n, channels, H, W) map. 0 when every position of an image holds the same
+    vector (attention's rank collapse: Dong et al. 2021); None for outputs with no positions."""
+    if x.dim() == 4:
+        x = x.flatten(2).transpose(1, 2)
+    if x.dim() != 3 or x.shape[1] < 2:
+        return None
+    x = x.double()
+    total = x.square().sum()
+    return float((x - x.mean(1, keepdim=True)).square().sum() / total) if total > 0 else 0.0

@@ -6,7 +6,8 @@ from pathlib import Path
 from ..errors import PnnhError
 
 LABELS = {"cka": "linear CKA with the input", "r2": "input reconstruction R^2", "survival": "surviving fraction",
-          "dead": "dead neurons", "erank": "effective rank", "dists": "DISTS to the input"}
+          "dead": "dead neurons", "erank": "effective rank",
+          "spread": "spread across positions (tokens, pixels)", "dists": "DISTS to the input"}
 
 
 def _pyplot():
@@ -36,6 +37,8 @@ def plot_probe(runs: list[dict], out: Path, prefix: str = "probe") -> list[Path]
             if floor is not None:
                 ax.axhline(floor, color=color, linestyle="--", linewidth=1, label=f"{name} noise floor")
         ax.set(xlabel="layer (activation) index", ylabel=label, title=f"{runs[0]['model']}: {label}")
+        if metric == "spread":  # a collapse falls by orders of magnitude: 1e-2, 1e-8, 1e-14
+            ax.set_yscale("log")
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{prefix}_{metric}.png"

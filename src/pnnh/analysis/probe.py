@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from ..errors import PnnhError
 from .dists import DISTS, feature_map_image
-from .metrics import effective_rank_gram, gram, linear_cka_gram, ridge_r2_gram, survival
+from .metrics import effective_rank_gram, gram, linear_cka_gram, position_spread, ridge_r2_gram, survival
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
-METRICS = ("cka", "r2", "survival", "erank", "dists")
+METRICS = ("cka", "r2", "survival", "erank", "spread", "dists")
 
 
 @torch.no_grad()
@@ -96,6 +96,8 @@ def probe(model: nn.Module, images: torch.Tensor, raw_images: torch.Tensor | Non
             row["survival"], row["dead"] = survival(pre)
         if "erank" in metrics:
             row["erank"] = effective_rank_gram(k_out)
+        if "spread" in metrics:
+            row["spread"] = position_spread(out)
         if "dists" in metrics:
             if use_dists and out.dim() == 4:
                 row["dists"] = float(dists(raw_images.cpu(), feature_map_image(out, size)).mean())
@@ -107,9 +109,10 @@ def probe(model: nn.Module, images: torch.Tensor, raw_images: torch.Tensor | Non
                    "r2": max(floors["r2"]) if floors["r2"] else None,
                    "dists": min(floors["dists"]) if floors["dists"] else None}
     notes = ["noise_floor: the highest CKA/R^2 (lowest DISTS) over layers between the real input and the "
-             "model's response to Gaussian-noise images",
-             "BatchNorm used " + ("the batch's statistics (a model at initialisation)" if batch_stats
-                                  else "its running statistics (eval mode)")]
+             "model's response to Gaussian-noise images"]
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        notes.append("BatchNorm used " + ("the batch's statistics (a model at initialisation)" if batch_stats
+                                          else "its running statistics (eval mode)"))
     if "dists" in metrics and not use_dists:
         notes.append("DISTS skipped: it needs ImageNet-trained VGG16 weights (--dists-weights PATH)")
     return {"num_images": int(images.shape[0]), "layers": layers, "noise_floor": noise_floor, "notes": notes}
