@@ -102,6 +102,10 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
     assert [p["label"] for p in probes] == [r["label"] for r in saved["entries"]]
     assert len(probes[0]["layers"]) == 19 and all(-1 <= row["cka"] <= 1 for row in probes[0]["layers"])
     assert "The probe at the end of training" in report and (out / "probe_end_cka.png").exists()
+    probe_section = report.split("The probe at the end of training")[1]
+    row = next(l for l in probe_section.splitlines() if l.startswith(f"| {probes[0]['label']} |"))
+    spreads = [float(v) for v in row.strip("|").split("|")[-1].split("/")]  # first / middle / last layer
+    assert len(spreads) == 3 and all(0 < v < 1 for v in spreads) and (out / "probe_end_spread.png").exists()
     # a fresh clone of a benchmark holds the runs' small files only (no checkpoints): still done
     for f in [*out.rglob("*.pt"), *out.rglob("*.safetensors")]:
         f.unlink()

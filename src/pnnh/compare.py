@@ -122,7 +122,7 @@ PROBE_IMAGES = 64
 
 def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: list[torch.nn.Module],
                   out: Path) -> list[dict]:
-    """The probe (CKA, R^2, survival, effective rank) of each entry's trained seed-``seed`` model,
+    """The probe (CKA, R^2, survival, effective rank, spread across positions) of each entry's trained seed-``seed`` model,
     on a fixed subset of test images; [] where the data set cannot be probed."""
     from .analysis.probe import load_probe_images, probe
 
@@ -135,7 +135,7 @@ def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: li
         return []
     runs = []
     for entry, model in bar(list(zip(entries, models)), desc="probe", unit="model"):
-        result = probe(model, images, metrics=("cka", "r2", "survival", "erank"))
+        result = probe(model, images, metrics=("cka", "r2", "survival", "erank", "spread"))
         runs.append({"model": entry.model, "kind": entry.kind, "label": entry.label, "seed": seed, **result})
     write_json(out / "probe_end.json", runs)
     return runs
@@ -204,7 +204,7 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
     plots = write_plots(out, results, runs)
     if probes and plots:
         from .analysis.plots import plot_probe
-        plots += [p.name for p in plot_probe(probes, out, prefix="probe_end") if p.stem.endswith(("cka", "r2"))]
+        plots += [p.name for p in plot_probe(probes, out, prefix="probe_end") if p.stem.endswith(("cka", "r2", "spread"))]
     b = results["budget"]
     lines = [f"# pnnh compare: {', '.join(r['label'] for r in results['entries'])}", "",
              f"Data: {results['data']}. Budget: {b['epochs']} epochs, batch {b['batch_size']}, {b['opt']} lr "
@@ -233,13 +233,14 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
     if probes:
         lines += ["", f"## The probe at the end of training (seed {probes[0]['seed']}, {PROBE_IMAGES} test images)",
                   "", "| entry | CKA with the input, first / middle / last layer | R^2, first / middle / last | "
-                  "noise floor (CKA, R^2) |", "|---|---|---|---|"]
+                  "noise floor (CKA, R^2) | spread across positions, first / middle / last |", "|---|---|---|---|---|"]
         for p in probes:
             layers = p["layers"]
             picks = [layers[0], layers[len(layers) // 2], layers[-1]]
             lines.append(f"| {p['label']} | " + " / ".join(f"{r['cka']:.3f}" for r in picks) + " | "
                          + " / ".join(f"{r['r2']:.3f}" for r in picks)
-                         + f" | {p['noise_floor']['cka']:.3f}, {p['noise_floor']['r2']:.3f} |")
+                         + f" | {p['noise_floor']['cka']:.3f}, {p['noise_floor']['r2']:.3f} | "
+                         + " / ".join("–" if r.get("spread") is None else f"{r['spread']:.3g}" for r in picks) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     else:
