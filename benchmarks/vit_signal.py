@@ -24,16 +24,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from pnnh import create_model  # noqa: E402
 from pnnh.bench import parse_entries  # noqa: E402
 from pnnh.data import load_dataset  # noqa: E402
-from pnnh.data.loader import channel_stats  # noqa: E402
+from pnnh.data.loader import channel_stats, normalised  # noqa: E402
 from pnnh.train import autocast, lr_factor, param_groups  # noqa: E402
 
 
 def images(data_dir: str, split: str, n: int, stats=None):
     d = load_dataset("imagefolder", data_dir, split).subset(n, 0)
     mean, std = stats or channel_stats(d.images)
-    x = d.images.permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return x, d.labels, (mean, std)
+    return normalised(d.images, mean, std), d.labels, (mean, std)
 
 
 def short_training(model, train, test, steps: int, warmup: int, amp: str) -> dict:

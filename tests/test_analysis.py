@@ -1,6 +1,7 @@
 """The probe's metrics, DISTS, the dissipation ordering at initialisation, and the theorem checks."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pnnh
 from pnnh.analysis import DISTS, linear_cka, probe, ridge_r2, theory
 from pnnh.analysis.dists import VGG16_STAGES
 from pnnh.data import load_dataset
-from pnnh.data.loader import channel_stats
+from pnnh.data.loader import channel_stats, normalised
 from conftest import assert_one_line_error, pnnh_main, run_cli
 
 
@@ -20,9 +21,7 @@ from conftest import assert_one_line_error, pnnh_main, run_cli
 def cifar_images(cifar_jpeg: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised, [0, 1]) test images of the shared CIFAR-10 copy."""
     data = load_dataset("imagefolder", cifar_jpeg, "test").subset(512, 0)
-    raw = data.images.permute(0, 3, 1, 2).float() / 255
-    mean, std = channel_stats(data.images)
-    return (raw - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None], raw
+    return normalised(data.images, *channel_stats(data.images)), data.images.permute(0, 3, 1, 2).float() / 255
 
 
 def test_cka_properties(cifar_images) -> None:
@@ -152,10 +151,14 @@ def test_cli_probe_and_theory_outputs(tmp_path: Path, cifar_jpeg: Path) -> None:
                                     cifar_jpeg, "--dists-weights", tmp_path / "none.pt"), "does not exist")
     # entries with options, as compare takes them: the narrow-code PNNH ViT keeps its tokens apart
     result = pnnh_main("probe", "--entries", "vit_cifar_6:plain,vit_cifar_6:pnnh:code_ratio=0.5", "--data",
-                       "imagefolder", "--data-dir", cifar_jpeg, "--num-images", "16", "--json")
+                       "imagefolder", "--data-dir", cifar_jpeg, "--num-images", "16", "--json",
+                       "--output", tmp_path / "entries")
     assert result.returncode == 0, result.stderr
     plain, narrow = json.loads(result.stdout)
     assert (plain["label"], narrow["label"]) == ("plain", "pnnh:code_ratio=0.5")
+    with open(tmp_path / "entries" / "probe.csv") as f:  # the CSV tells two variants of a kind apart
+        labels = [row["label"] for row in csv.DictReader(f)]
+    assert labels == ["plain"] * 6 + ["pnnh:code_ratio=0.5"] * 6
     assert plain["layers"][-1]["spread"] < 1e-6 < 0.1 < narrow["layers"][-1]["spread"]
     assert_one_line_error(pnnh_main("probe", "--entries", "vit_cifar_6:plain", "--model", "resnet20"),
                           "--entries names each model")

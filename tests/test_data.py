@@ -15,7 +15,7 @@ import torch
 
 from pnnh import PnnhError
 from pnnh.data import load_dataset, make_loader
-from pnnh.data.loader import augment_batch
+from pnnh.data.loader import augment_batch, channel_stats, normalised
 from pnnh.data.readers import FASHION_MNIST_DEBIAN, download_and_extract
 from conftest import assert_one_line_error, pnnh_main
 
@@ -200,6 +200,13 @@ def test_loader_is_deterministic_and_shards_like_one_process(cifar_test_split) -
     assert abs(x1.mean().item()) < 0.3 and 0.7 < x1.std().item() < 1.3  # normalised
     test = make_loader(data, 100, False, "cpu")
     assert [len(y) for _, y in test.batches(0)] == [100, 100, 56]
+    # a whole split normalised at once (the probe, scripts) is what the evaluation loader feeds, bit for bit
+    stats = channel_stats(data.images)  # what make_loader normalises with when given none
+    whole = normalised(data.images, *stats)
+    assert torch.equal(whole, torch.cat([x for x, _ in test.batches(0)]))
+    x = data.images.permute(0, 3, 1, 2).float() / 255  # the textbook formula, to float rounding
+    mean, std = (torch.tensor(v)[:, None, None] for v in stats)
+    assert torch.allclose(whole, (x - mean) / std, atol=1e-5)
 
 
 def test_cli_data_errors(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     import torch
 
     from .analysis import DISTS, probe
-    from .analysis.probe import load_probe_images
+    from .analysis.probe import load_probe_images, spread_cell
     from .bench import Entry, parse_entries
     from .checkpoint import load_checkpoint, model_from_checkpoint
     from .models import create_model
@@ -372,9 +372,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
         out = Path(args.output)
         make_dir(out)
         write_json(out / "probe.json", runs if len(runs) > 1 else runs[0])
-        write_csv(out / "probe.csv", [{"model": run["model"], "kind": run["kind"], **row}
+        write_csv(out / "probe.csv", [{"model": run["model"], "kind": run["kind"], "label": run["label"], **row}
                                       for run in runs for row in run["layers"]],
-                  ["model", "kind", "index", "name", "cka", "r2", "survival", "dead", "erank", "spread", "dists"])
+                  ["model", "kind", "label", "index", "name", "cka", "r2", "survival", "dead", "erank", "spread",
+                   "dists"])
         from .analysis.plots import plot_probe
         for path in plot_probe(runs, out):
             print(f"wrote {path}", file=sys.stderr)
@@ -387,9 +388,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
         print(f"  {'layer':<28} {'cka':>6} {'r2':>7} {'surv':>6} {'dead':>6} {'erank':>7} {'spread':>7} {'dists':>6}")
         for row in run["layers"]:
             d = "-" if row.get("dists") is None else f"{row['dists']:.3f}"
-            spread = "-" if row.get("spread") is None else f"{row['spread']:.3g}"
             print(f"  {row['name']:<28} {row['cka']:>6.3f} {row['r2']:>7.3f} {row['survival']:>6.3f} "
-                  f"{row['dead']:>6.3f} {row['erank']:>7.2f} {spread:>7} {d:>6}")
+                  f"{row['dead']:>6.3f} {row['erank']:>7.2f} {spread_cell(row):>7} {d:>6}")
         for note in run["notes"]:
             print(f"  note: {note}")
 

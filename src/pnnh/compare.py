@@ -231,6 +231,7 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
               + ".", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + "."]
     if probes:
+        from .analysis.probe import spread_cell
         lines += ["", f"## The probe at the end of training (seed {probes[0]['seed']}, {PROBE_IMAGES} test images)",
                   "", "| entry | CKA with the input, first / middle / last layer | R^2, first / middle / last | "
                   "noise floor (CKA, R^2) | spread across positions, first / middle / last |", "|---|---|---|---|---|"]
@@ -240,7 +241,7 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
             lines.append(f"| {p['label']} | " + " / ".join(f"{r['cka']:.3f}" for r in picks) + " | "
                          + " / ".join(f"{r['r2']:.3f}" for r in picks)
                          + f" | {p['noise_floor']['cka']:.3f}, {p['noise_floor']['r2']:.3f} | "
-                         + " / ".join("–" if r.get("spread") is None else f"{r['spread']:.3g}" for r in picks) + " |")
+                         + " / ".join(spread_cell(r) for r in picks) + " |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     else:

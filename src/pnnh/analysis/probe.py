@@ -20,6 +20,11 @@ ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tan
 METRICS = ("cka", "r2", "survival", "erank", "spread", "dists")
 
 
+def spread_cell(row: dict) -> str:
+    """A layer's spread across positions for a table: 3 significant digits (it spans 1e-14 to 1), "-" if absent."""
+    return "-" if row.get("spread") is None else f"{row['spread']:.3g}"
+
+
 @torch.no_grad()
 def layer_responses(model: nn.Module, images: torch.Tensor, batch_stats: bool = False
                     ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -124,7 +129,7 @@ def load_probe_images(data: str, data_dir: str | None, num_images: int, seed: in
     """(images normalised with ``stats`` or their own, the same as RGB in [0, 1], number of classes):
     a fixed seeded subset of the test split."""
     from ..data import load_dataset
-    from ..data.loader import channel_stats
+    from ..data.loader import channel_stats, normalised
 
     split = load_dataset(data, data_dir, "test", False, cache_dir)
     if not hasattr(split, "subset"):
@@ -133,7 +138,7 @@ def load_probe_images(data: str, data_dir: str | None, num_images: int, seed: in
         raise PnnhError(f"--num-images {num_images} but the test split has {len(split)} images")
     split = split.subset(num_images, seed)
     mean, std = stats or channel_stats(split.images)
+    images = normalised(split.images, mean, std)
     raw = split.images.permute(0, 3, 1, 2).float() / 255
-    images = (raw - torch.tensor(mean)[None, :, None, None]) / torch.tensor(std)[None, :, None, None]
     rgb = raw if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
     return images, rgb, len(split.classes)

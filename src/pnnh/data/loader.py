@@ -60,6 +60,13 @@ def _scaled_stats(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean, device=device) * 255, 1 / (torch.tensor(std, device=device) * 255)
 
 
+def normalised(images: torch.Tensor, mean: list[float], std: list[float], channels_last: bool = False) -> torch.Tensor:
+    """A whole uint8 (N, H, W, C) split as the loaders feed it to a model: normalised float (N, C, H, W).
+
+    ``mean`` and ``std`` per channel on the 0-1 scale, as ``channel_stats`` gives them."""
+    return normalise(images, *_scaled_stats(mean, std, images.device), channels_last)
+
+
 class TensorLoader:
     """Batches of an in-memory split, this process's share of each global batch."""
 
