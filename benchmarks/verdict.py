@@ -15,7 +15,8 @@ finished seeds to decide anything. For a difference d = mean(A) - mean(B) with s
 se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
 - "A is on par with B"      holds if d - 2 se > -MARGIN, does not hold if d + 2 se < -MARGIN;
 - "A falls behind B"        holds if d + 2 se < -MARGIN, does not hold if d - 2 se > -MARGIN;
-anything else is undecided at this budget. The PNNH claim is that some plain net with an internal path
+anything else is undecided at this budget. A verdict that a 95% Welch t interval (d +- t se) would leave
+undecided is marked marginal (with 3 seeds the t interval is about 1.4x wider than +- 2 se). The PNNH claim is that some plain net with an internal path
 trains on par: it holds if a variant is on par ("holds in part" if another is not), does not hold only
 when every variant is not, and is undecided otherwise. The runs of one verdict must share their budget: every
 training setting but the model, kind, model options, seed and where/how it ran (RESUME_SAFE) must
@@ -23,6 +24,7 @@ agree, or the script stops and names the setting.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -72,21 +74,58 @@ def stats(values: list[float] | None) -> dict | None:
     return {"n": n, "mean": statistics.fmean(values), "std": sd, "se": sd / math.sqrt(n), "values": values}
 
 
+def _decide(d: float, half: float, claim: str) -> str:
+    """The rule above for the interval d +- half."""
+    low, high = d - half, d + half
+    if claim == "on par":
+        return "holds" if low > -MARGIN else "does not hold" if high < -MARGIN else "undecided"
+    return "holds" if high < -MARGIN else "does not hold" if low > -MARGIN else "undecided"
+
+
+@functools.lru_cache(maxsize=None)
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile: bisection on the CDF, integrated from 0 by Simpson's rule (no scipy here)."""
+    if df > 1000:
+        return statistics.NormalDist().inv_cdf(p)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+
+    def cdf(x: float, n: int = 2000) -> float:
+        h = x / n
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    lo, hi = 0.0, 60.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def welch_df(a: dict, b: dict) -> float:
+    """Welch-Satterthwaite degrees of freedom of mean(a) - mean(b)."""
+    va, vb = a["se"] ** 2, b["se"] ** 2
+    den = va ** 2 / (a["n"] - 1) + vb ** 2 / (b["n"] - 1)
+    return (va + vb) ** 2 / den if den > 0 else math.inf
+
+
 def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
     """The difference a - b (points) with its standard error, and the verdict on `claim`
-    ("on par" or "behind") by the rules above."""
+    ("on par" or "behind") by the rules above. A verdict that a Welch t interval (95%) would leave undecided
+    is marked marginal: with 3 seeds the normal +- 2 SE interval is the narrower one."""
     seeds = None if a is None or b is None else min(a["n"], b["n"])
     if seeds is None or seeds < SEEDS_NEEDED:
         have = "not run" if seeds is None else f"{seeds} of {SEEDS_NEEDED} seeds"
         return {"diff": None if seeds is None else a["mean"] - b["mean"], "se": None, "seeds": seeds,
-                "verdict": "undecided", "why": f"runs missing ({have})"}
+                "verdict": "undecided", "why": f"runs missing ({have})", "marginal": False}
     d, se = a["mean"] - b["mean"], math.sqrt(a["se"] ** 2 + b["se"] ** 2)
-    low, high = d - 2 * se, d + 2 * se
-    if claim == "on par":
-        verdict = "holds" if low > -MARGIN else "does not hold" if high < -MARGIN else "undecided"
-    else:
-        verdict = "holds" if high < -MARGIN else "does not hold" if low > -MARGIN else "undecided"
-    return {"diff": d, "se": se, "seeds": seeds, "verdict": verdict, "why": f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"}
+    verdict = _decide(d, 2 * se, claim)
+    why = f"d = {d:+.2f} ± {2 * se:.2f} (2 SE), margin {MARGIN:g}"
+    df = welch_df(a, b)
+    half_t = t_quantile(0.975, df) * se
+    marginal = verdict != "undecided" and _decide(d, half_t, claim) == "undecided"
+    if marginal:
+        why += f"; marginal: a Welch t interval (df {df:.1f}, ± {half_t:.2f}) leaves it undecided"
+    return {"diff": d, "se": se, "seeds": seeds, "verdict": verdict, "why": why, "marginal": marginal}
 
 
 def within(c: dict) -> str:

@@ -48,7 +48,13 @@ def test_contrast_rules() -> None:
     assert verdict.fmt_c(two) == "-29.95 (2 of 3 seeds)"  # a difference on too few seeds says so
     assert verdict.contrast(None, residual, "on par")["why"] == "runs missing (not run)"
     d = verdict.contrast(behind, residual, "on par")
-    assert d["diff"] == pytest.approx(-10.0)
+    assert d["diff"] == pytest.approx(-10.0) and not d["marginal"]
+    # a verdict the wider t interval would not reach is marked: d = -1.69, 2 SE = 0.67 clears the margin by
+    # 0.02; the Welch t interval (df 3.9, t 2.79) does not
+    near = verdict.contrast(s([45.59, 46.26, 45.62]), s([47.21, 47.31, 48.01]), "on par")
+    assert near["verdict"] == "does not hold" and near["marginal"] and "Welch t interval (df 3.9" in near["why"]
+    assert verdict.t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-3)
+    assert verdict.t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-3)
     assert d["se"] == pytest.approx((0.5 ** 2 / 3 + 0.4 ** 2 / 3) ** 0.5)  # stdevs 0.5 and 0.4, 3 seeds each
 
 
