@@ -169,8 +169,8 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
                 ("resnet110", "code_ratio=0.25"), ("resnet56", "coder=learned,coder_share=stage"),
                 ("resnet56", "coder=learned,coder_share=block")]
     evidence = [(f"{m}:pnnh:{v}", contrast(g(f"{m}:pnnh:{v}"), g(f"{m}:residual"), "on par")) for m, v in variants]
-    holding = [k for k, c in evidence if c["verdict"] == "holds"]
-    failing = [k for k, c in evidence if c["verdict"] == "does not hold"]
+    holding = [k + marked([c]) for k, c in evidence if c["verdict"] == "holds"]
+    failing = [k + marked([c]) for k, c in evidence if c["verdict"] == "does not hold"]
     # some PNNH net on par is the claim: it fails only when every variant has failed
     verdict = ("holds in part" if holding and failing else "holds" if holding
                else "does not hold" if len(failing) == len(evidence) else "undecided")
@@ -212,7 +212,7 @@ def parameter_verdict(thin_p: dict, thin_r: dict) -> tuple[str, str]:
     if thin_p["verdict"] == "holds" and thin_r["verdict"] == "holds":
         return "not PNNH's", "the thin residual net is on par with the full one too: the budget, not PNNH"
     if thin_p["verdict"] == "does not hold":
-        return "does not hold", "the thin PNNH net falls more than the margin behind the full residual net"
+        return "does not hold" + marked([thin_p]), "the thin PNNH net falls more than the margin behind the full residual net"
     if thin_p["verdict"] == "holds" and thin_r["verdict"] == "does not hold":
         return "undecided", f"the thin PNNH net is on par and the thin residual net is not, but {same}: the noise of the comparison"
     return "undecided", f"thin pnnh: {thin_p['why']}; thin residual: {thin_r['why']}"
@@ -243,11 +243,14 @@ def calibration_line(acc: dict[str, dict]) -> str:
 
 
 def worst(*cs: dict) -> str:
+    """The weakest of several contrasts' verdicts; "(marginal)" when every contrast that decides it is."""
     verdicts = [c["verdict"] for c in cs]
-    for v in ("does not hold", "undecided"):
-        if v in verdicts:
-            return v
-    return "holds"
+    v = next((v for v in ("does not hold", "undecided") if v in verdicts), "holds")
+    return v + marked([c for c in cs if c["verdict"] == v])
+
+
+def marked(cs: list[dict]) -> str:
+    return " (marginal)" if cs and all(c.get("marginal") for c in cs) and cs[0]["verdict"] != "undecided" else ""
 
 
 def probe_claim() -> dict:

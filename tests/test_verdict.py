@@ -53,6 +53,8 @@ def test_contrast_rules() -> None:
     # 0.02; the Welch t interval (df 3.9, t 2.79) does not
     near = verdict.contrast(s([45.59, 46.26, 45.62]), s([47.21, 47.31, 48.01]), "on par")
     assert near["verdict"] == "does not hold" and near["marginal"] and "Welch t interval (df 3.9" in near["why"]
+    assert verdict.worst(near, verdict.contrast(None, residual, "on par")) == "does not hold (marginal)"
+    assert verdict.worst(near, d) == "does not hold"  # a clear failure beside it decides without the mark
     assert verdict.t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-3)
     assert verdict.t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-3)
     assert d["se"] == pytest.approx((0.5 ** 2 / 3 + 0.4 ** 2 / 3) ** 0.5)  # stdevs 0.5 and 0.4, 3 seeds each
