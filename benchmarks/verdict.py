@@ -174,6 +174,9 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     # some PNNH net on par is the claim: it fails only when every variant has failed
     verdict = ("holds in part" if holding and failing else "holds" if holding
                else "does not hold" if len(failing) == len(evidence) else "undecided")
+    # some variant on par decides "holds" (marginal if every such one is); "does not hold" needs them all
+    verdict += marked([c for _, c in evidence if c["verdict"] == ("does not hold" if verdict == "does not hold"
+                                                                   else "holds")], every=verdict != "does not hold")
     rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
                  "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
                  + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
@@ -243,14 +246,17 @@ def calibration_line(acc: dict[str, dict]) -> str:
 
 
 def worst(*cs: dict) -> str:
-    """The weakest of several contrasts' verdicts; "(marginal)" when every contrast that decides it is."""
+    """A claim that needs every contrast to hold: the weakest verdict. "(marginal)" when a t interval could
+    undo it: for "does not hold", every failing contrast is marginal; for "holds", any one is."""
     verdicts = [c["verdict"] for c in cs]
     v = next((v for v in ("does not hold", "undecided") if v in verdicts), "holds")
-    return v + marked([c for c in cs if c["verdict"] == v])
+    return v + marked([c for c in cs if c["verdict"] == v], every=v != "holds")
 
 
-def marked(cs: list[dict]) -> str:
-    return " (marginal)" if cs and all(c.get("marginal") for c in cs) and cs[0]["verdict"] != "undecided" else ""
+def marked(cs: list[dict], every: bool = True) -> str:
+    """" (marginal)" if every (or, with every=False, any) of these decided contrasts is marginal."""
+    flags = [bool(c.get("marginal")) for c in cs if c["verdict"] != "undecided"]
+    return " (marginal)" if flags and (all(flags) if every else any(flags)) else ""
 
 
 def probe_claim() -> dict:

@@ -55,6 +55,8 @@ def test_contrast_rules() -> None:
     assert near["verdict"] == "does not hold" and near["marginal"] and "Welch t interval (df 3.9" in near["why"]
     assert verdict.worst(near, verdict.contrast(None, residual, "on par")) == "does not hold (marginal)"
     assert verdict.worst(near, d) == "does not hold"  # a clear failure beside it decides without the mark
+    on_par = verdict.contrast(residual, residual, "on par")
+    assert verdict.worst(on_par, {**on_par, "marginal": True}) == "holds (marginal)"  # all must hold: any marks it
     assert verdict.t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-3)
     assert verdict.t_quantile(0.975, 2) == pytest.approx(4.3027, abs=1e-3)
     assert d["se"] == pytest.approx((0.5 ** 2 / 3 + 0.4 ** 2 / 3) ** 0.5)  # stdevs 0.5 and 0.4, 3 seeds each
@@ -106,3 +108,8 @@ def test_pnnh_claim_fails_only_when_every_variant_has_failed() -> None:
     assert verdict.accuracy_claims({**acc, **narrow, **rest})[1]["verdict"] == "does not hold"
     on_par = {"resnet56:pnnh:coder=learned,coder_share=block": s([76.3, 76.1, 76.0])}
     assert verdict.accuracy_claims({**acc, **narrow, **on_par})[1]["verdict"] == "holds in part"
+    # every variant must fail for "does not hold": one that fails only marginally marks the verdict
+    near = {"resnet56:residual": s([47.21, 47.31, 48.01]), "resnet110:residual": s([75.0, 75.2, 74.8]),
+            **{k: s([30.0, 31.0, 29.0]) for k in [*narrow, *rest]},
+            "resnet56:pnnh:coder=learned,coder_share=block": s([45.59, 46.26, 45.62])}
+    assert verdict.accuracy_claims(near)[1]["verdict"] == "does not hold (marginal)"
