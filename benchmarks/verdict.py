@@ -16,9 +16,10 @@ se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
 - "A is on par with B"      holds if d - 2 se > -MARGIN, does not hold if d + 2 se < -MARGIN;
 - "A falls behind B"        holds if d + 2 se < -MARGIN, does not hold if d - 2 se > -MARGIN;
 anything else is undecided at this budget. A verdict that a 95% Welch t interval (d +- t se) would leave
-undecided is marked marginal (with 3 seeds the t interval is about 1.4x wider than +- 2 se). The PNNH claim is that some plain net with an internal path
-trains on par: it holds if a variant is on par ("holds in part" if another is not), does not hold only
-when every variant is not, and is undecided otherwise. The runs of one verdict must share their budget: every
+undecided is marked marginal (with 3 seeds the t interval is about 1.4x wider than +- 2 se). The PNNH
+claim is that some plain net with an internal path trains on par: it holds if a variant is on par
+("holds in part" if another is not), does not hold only when every variant is not, and is undecided
+otherwise. The runs of one verdict must share their budget: every
 training setting but the model, kind, model options, seed and where/how it ran (RESUME_SAFE) must
 agree, or the script stops and names the setting.
 """
@@ -174,9 +175,9 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     # some PNNH net on par is the claim: it fails only when every variant has failed
     verdict = ("holds in part" if holding and failing else "holds" if holding
                else "does not hold" if len(failing) == len(evidence) else "undecided")
-    # some variant on par decides "holds" (marginal if every such one is); "does not hold" needs them all
-    verdict += marked([c for _, c in evidence if c["verdict"] == ("does not hold" if verdict == "does not hold"
-                                                                   else "holds")], every=verdict != "does not hold")
+    # one variant on par decides "holds" (marginal only if every such one is); "does not hold" needs them all
+    deciding = "does not hold" if verdict == "does not hold" else "holds"
+    verdict += marked([c for _, c in evidence if c["verdict"] == deciding], every=deciding == "holds")
     rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
                  "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
                  + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
@@ -254,7 +255,7 @@ def worst(*cs: dict) -> str:
 
 
 def marked(cs: list[dict], every: bool = True) -> str:
-    """" (marginal)" if every (or, with every=False, any) of these decided contrasts is marginal."""
+    """The mark " (marginal)" if every (or, with every=False, any) of these decided contrasts is marginal."""
     flags = [bool(c.get("marginal")) for c in cs if c["verdict"] != "undecided"]
     return " (marginal)" if flags and (all(flags) if every else any(flags)) else ""
 
