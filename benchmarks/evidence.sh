@@ -9,6 +9,7 @@
 #   bash benchmarks/evidence.sh a_depth56      # one stage
 #   JOBS=2 bash benchmarks/evidence.sh         # two runs at once, one torch thread each (2 cores)
 #   JOBS=2 bash benchmarks/evidence.sh vit12 vit24   # the ViTs (issue: ViTs), their own recipe and folder
+#   SEEDS=5 JOBS=2 bash benchmarks/evidence.sh vit12 # seeds 0-4: adds seeds 3 and 4 to the finished 0-2
 # With JOBS>1 the (stage, seed, entry) runs are taken from one queue, seed 0 of a stage before seed 1,
 # by JOBS workers with OMP_NUM_THREADS=1 each; each run is a one-entry, one-seed `compare --no-report`,
 # and the closing full compare of each stage, which only reads the finished runs, writes its report.
@@ -19,7 +20,8 @@ JOBS=${JOBS:-1}
 export OMP_NUM_THREADS=${THREADS:-$(( JOBS > 1 ? 1 : 2 ))}
 PNNH=${PNNH:-.venv/bin/pnnh}
 PYTHON=${PYTHON:-.venv/bin/python}
-SEEDS=(0 1 2)
+[[ ${SEEDS:-3} =~ ^[1-9][0-9]*$ ]] || { echo "SEEDS must be a number of seeds (seeds 0 to SEEDS-1), got '$SEEDS'" >&2; exit 2; }
+SEEDS=($(seq 0 $(( ${SEEDS:-3} - 1 ))))  # 3 by default; the verdict needs 3 and reads every finished seed
 # The budget: residual resnet56 must reach at least 75% test accuracy on it: 20,000 x 8 reached 76.37%
 # (one seed; 10,000 x 15 reached 74.41%; benchmarks/results/recipe/README.md). compare refuses to mix budgets.
 RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 20000
