@@ -44,11 +44,15 @@ def reference_run(out: Path) -> dict[str, torch.Tensor]:
     return _weights(out / "last.pt")
 
 
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return None
+def _writes(out: Path) -> set[int]:
+    """The inodes of the checkpoint's temporary files (each write has its own name)."""
+    inodes = set()
+    for tmp in out.glob(".last.pt.*.tmp"):
+        try:
+            inodes.add(tmp.stat().st_ino)
+        except FileNotFoundError:
+            pass
+    return inodes
 
 
 def _check_readable(out: Path) -> None:
@@ -73,19 +77,18 @@ def kill_loop(workdir: Path, kills: int | None = None, seconds: float | None = N
     while more():
         out = workdir / f"chain{chain}"
         while True:
-            tmp = out / ".last.pt.tmp"
-            stale = _inode(tmp)  # a killed write's leftover, there until this process's first save
+            stale = _writes(out)  # a killed write's leftover, there until this process's first save
             proc = _start(out, resume=(out / "last.pt").exists())
             if more() and rng.random() < 0.5:  # the moment a checkpoint is written over an earlier one
                 deadline = time.monotonic() + 30
                 while proc.poll() is None and time.monotonic() < deadline and not (
-                        (out / "last.pt").exists() and _inode(tmp) not in (None, stale)):
+                        (out / "last.pt").exists() and _writes(out) - stale):
                     time.sleep(0.0005)
                 time.sleep(rng.uniform(0, 0.003))
             elif more():  # a random moment
                 time.sleep(rng.uniform(2.0, 9.0))
             if proc.poll() is None and more():
-                writing = _inode(tmp) not in (None, stale)
+                writing = bool(_writes(out) - stale)
                 proc.kill()
                 proc.wait()
                 tally["kills"] += 1

@@ -8,6 +8,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -152,6 +153,22 @@ def _limited(limit: int):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     return apply
+
+
+def test_two_processes_writing_one_file_both_succeed(tmp_path: Path) -> None:
+    """Two runs started together fill one shared image cache: each write has its own temporary file, so
+    neither renames the other's away ("cannot write ...: No such file or directory" before the fix)."""
+    target = tmp_path / "cache.npz"
+    script = ("import sys, time; from pathlib import Path; from pnnh.io import write_atomic\n"
+              "start = float(sys.argv[3]); time.sleep(max(0.0, start - time.time()))\n"
+              "while time.time() < start + 1.5: write_atomic(Path(sys.argv[1]), sys.argv[2] * 20000)\n")
+    start = str(time.time() + 5)  # both write during the same 1.5 s, whatever their start-up times
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(target), tag, start], stderr=subprocess.PIPE,
+                              text=True) for tag in ("a", "b")]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert target.read_text() in ("a" * 20000, "b" * 20000)
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path: Path) -> None:

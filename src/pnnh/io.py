@@ -2,7 +2,9 @@
 
 Every file pnnh writes (checkpoints, metrics, reports, caches, plots) goes through
 ``write_atomic``: the bytes go to a hidden temporary file beside the target, which
-is renamed over it only once it is complete. A crash or a full disk never leaves
+is renamed over it only once it is complete. The temporary name is unique to the
+write, so two processes writing the same file (two runs filling one shared cache)
+never rename each other's half-written bytes; the last complete write wins. A crash or a full disk never leaves
 half a file under the real name, and the temporary file is removed on every
 failure path, so a full disk is not kept full by pnnh's own leftovers.
 """
@@ -12,6 +14,7 @@ import errno
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
 from .errors import PnnhError
@@ -41,7 +44,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
     path = Path(path)
     make_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     payload = data.encode() if isinstance(data, str) else data
     try:
         with open(tmp, "wb") as f:
