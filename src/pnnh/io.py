@@ -23,6 +23,7 @@ _CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quot
            errno.EFBIG: "file size limit exceeded",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
            errno.EPERM: "permission denied"}
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def describe_os_error(e: OSError) -> str:
@@ -57,8 +58,9 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise PnnhError(f"cannot write {path}: {describe_os_error(e)}; free space or choose another "
-                        f"--output") from None
+        fix = "free space" if e.errno in _FULL else "make the folder writable"
+        raise PnnhError(f"cannot write {path}: {describe_os_error(e)}; {fix} or write elsewhere (--output, "
+                        f"or --cache-dir for the data cache)") from None
 
 
 def finite_or_none(obj):
