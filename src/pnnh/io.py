@@ -2,11 +2,13 @@
 
 Every file pnnh writes (checkpoints, metrics, reports, caches, plots) goes through
 ``write_atomic``: the bytes go to a hidden temporary file beside the target, which
-is renamed over it only once it is complete. The temporary name is unique to the
-write, so two processes writing the same file (two runs filling one shared cache)
-never rename each other's half-written bytes; the last complete write wins. A crash or a full disk never leaves
+is renamed over it only once it is complete. A crash or a full disk never leaves
 half a file under the real name, and the temporary file is removed on every
-failure path, so a full disk is not kept full by pnnh's own leftovers.
+failure path, so a full disk is not kept full by pnnh's own leftovers. Each write
+names its own temporary file, so two processes writing one file (two runs filling
+one shared cache) never rename each other's away; the last complete write wins.
+A killed process's leftover is removed by its owner: a run folder's at the run's
+next start, a data cache's once it is an hour old.
 """
 from __future__ import annotations
 

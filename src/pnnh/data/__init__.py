@@ -2,9 +2,11 @@
 or, for an image folder of large images, a streaming data set decoded by worker processes."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +151,13 @@ def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int,
     cache = cache_dir / "imagefolder" / f"{path.name}-{split}-{where}-{h.hexdigest()[:16]}.npz"
     if cache.resolve().is_relative_to(path.resolve()):
         raise PnnhError(f"the cache folder {cache_dir} is inside the data folder {path}: choose another --cache-dir")
+    # a killed write's temporary file (each write names its own); one written in the last hour may be
+    # another run's write in progress, and removing it would fail that run
+    for left in cache.parent.glob(f".{glob.escape(path.name)}-{split}-{where}-*.npz.*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > 3600:
+                left.unlink()
+                log.info(f"removed {left}, left by an interrupted cache write")
     if cache.exists():
         try:
             arrays = readers.read_npz(cache)
