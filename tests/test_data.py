@@ -68,7 +68,8 @@ def test_image_folder_cache_lives_outside_the_data(cifar_jpeg: Path, tmp_path: P
     assert len(before) == len(after) == 1 and before != after and len(list(cache.rglob("*-test-*.npz"))) == 1
     # a killed write's temporary file goes once it is an hour old; a newer one may be a write in progress
     old, new = (cache / "imagefolder" / f".{after[0].name}.{tag}.tmp" for tag in ("killed", "writing"))
-    old.write_bytes(b"half"), new.write_bytes(b"half")
+    for leftover in (old, new):
+        leftover.write_bytes(b"half")
     os.utime(old, (time.time() - 7200,) * 2)
     load_dataset("imagefolder", root, "train", cache_dir=cache)
     assert not old.exists() and new.exists()
