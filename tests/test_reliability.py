@@ -16,6 +16,7 @@ import torch
 
 import pnnh
 from pnnh.checkpoint import load_checkpoint
+from pnnh.io import remove_leftovers, write_atomic
 from pnnh.train import TrainConfig, train
 from conftest import assert_one_line_error, pnnh_main
 from kill_loop import kill_loop
@@ -169,6 +170,19 @@ def test_two_processes_writing_one_file_both_succeed(tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], errors
     assert target.read_text() in ("a" * 20000, "b" * 20000)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_remove_leftovers_takes_only_old_temporary_files_of_the_named_targets(tmp_path: Path) -> None:
+    write_atomic(tmp_path / "a.npz", b"kept")
+    old_a, new_a, old_b = (tmp_path / f".{name}.{tag}.tmp" for name, tag in
+                           (("a.npz", "killed"), ("a.npz", "writing"), ("b.json", "killed")))
+    for f in (old_a, new_a, old_b, tmp_path / ".hidden"):
+        f.write_bytes(b"half")
+    for f in (old_a, old_b):
+        os.utime(f, (time.time() - 7200,) * 2)
+    assert remove_leftovers(tmp_path, "*.npz", older_than_s=3600) == [old_a]
+    assert sorted(remove_leftovers(tmp_path)) == sorted([new_a, old_b])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "a.npz"]
 
 
 def test_full_disk_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ half a file under the real name, and the temporary file is removed on every
 failure path, so a full disk is not kept full by pnnh's own leftovers. Each write
 names its own temporary file, so two processes writing one file (two runs filling
 one shared cache) never rename each other's away; the last complete write wins.
-A killed process's leftover is removed by its owner: a run folder's at the run's
-next start, a data cache's once it is an hour old.
+A killed process's leftover is removed by its owner with ``remove_leftovers``: a
+run folder's at the run's next start, a data cache's once it is an hour old.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -43,11 +44,30 @@ def make_dir(path: Path) -> Path:
     return path
 
 
+def _temporary(path: Path, write_id: str = "*") -> Path:
+    """The name of ``write_atomic``'s temporary file for ``path`` (``write_id="*"``: a glob of them all)."""
+    return path.with_name(f".{path.name}.{write_id}.tmp")
+
+
+def remove_leftovers(folder: Path, names: str = "*", older_than_s: float = 0.0) -> list[Path]:
+    """Remove the temporary files that killed ``write_atomic`` calls left in ``folder`` for targets
+    matching the glob ``names``, if older than ``older_than_s`` (a newer one may be a write in progress)."""
+    removed = []
+    for left in folder.glob(_temporary(Path(names)).name):
+        try:
+            if older_than_s <= 0 or time.time() - left.stat().st_mtime > older_than_s:
+                left.unlink()
+                removed.append(left)
+        except OSError:
+            pass
+    return removed
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
     path = Path(path)
     make_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = _temporary(path, uuid.uuid4().hex[:12])
     payload = data.encode() if isinstance(data, str) else data
     try:
         with open(tmp, "wb") as f:

@@ -21,7 +21,7 @@ from .checkpoint import build_model, load_checkpoint, load_model_state, model_co
 from .data import load_dataset, make_loader
 from .data.loader import channel_stats, mix_batch
 from .errors import PnnhError
-from .io import dumps, make_dir, write_atomic, write_csv, write_json
+from .io import dumps, make_dir, remove_leftovers, write_atomic, write_csv, write_json
 from .progress import bar, bars_enabled, log
 
 
@@ -408,8 +408,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
         history, best_acc, partial = checkpoint["history"], checkpoint["best_acc"], checkpoint["partial"]
     if dist_info.is_main:
         make_dir(run_dir)
-        for stale in run_dir.glob(".*.tmp"):  # left by a process killed while writing
-            stale.unlink(missing_ok=True)
+        remove_leftovers(run_dir)  # left by a process killed while writing
         write_json(run_dir / "config.json", asdict(cfg))
         write_json(run_dir / "model.json", spec)  # how to rebuild the model, beside the metrics
 

@@ -2,11 +2,9 @@
 or, for an image folder of large images, a streaming data set decoded by worker processes."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import PnnhError
+from ..io import remove_leftovers
 from ..progress import log
 from . import readers
 from .loader import StreamLoader, TensorLoader, make_loader
@@ -153,11 +152,8 @@ def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int,
         raise PnnhError(f"the cache folder {cache_dir} is inside the data folder {path}: choose another --cache-dir")
     # a killed write's temporary file (each write names its own); one written in the last hour may be
     # another run's write in progress, and removing it would fail that run
-    for left in cache.parent.glob(f".{glob.escape(path.name)}-{split}-{where}-*.npz.*.tmp"):
-        with contextlib.suppress(OSError):
-            if time.time() - left.stat().st_mtime > 3600:
-                left.unlink()
-                log.info(f"removed {left}, left by an interrupted cache write")
+    for left in remove_leftovers(cache.parent, f"{glob.escape(path.name)}-{split}-{where}-*.npz", older_than_s=3600):
+        log.info(f"removed {left}, left by an interrupted cache write")
     if cache.exists():
         try:
             arrays = readers.read_npz(cache)
