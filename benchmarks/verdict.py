@@ -11,7 +11,10 @@ Inputs (each made by a command of this repository, named in the output):
 - the ViT matrix, benchmarks/results/evidence_vit/*/runs/* (benchmarks/evidence.sh vit12 vit24).
 
 Rules. Accuracy is the final test accuracy on the full test set, per seed; an entry needs SEEDS_NEEDED
-finished seeds to decide anything. For a difference d = mean(A) - mean(B) with standard error
+finished seeds to decide anything. A seed that diverged (its loss or gradient became NaN/inf: the run's
+diverged.json) ends with no usable model, so an entry with one cannot be on par with (and falls behind)
+a reference that trained every seed at the same recipe, however its other seeds did; its means are over
+the finished seeds, and the count of diverged ones is shown beside them. For a difference d = mean(A) - mean(B) with standard error
 se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
 - "A is on par with B"      holds if d - 2 se > -MARGIN, does not hold if d + 2 se < -MARGIN;
 - "A falls behind B"        holds if d + 2 se < -MARGIN, does not hold if d - 2 se > -MARGIN;
@@ -37,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
 from pnnh.bench import Entry  # noqa: E402
+from pnnh.compare import DIVERGED  # noqa: E402
 from pnnh.errors import PnnhError  # noqa: E402
 from pnnh.train import RESUME_SAFE, TrainConfig, config_differences, read_metrics  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,34 +49,39 @@ MARGIN = 1.0  # points of accuracy
 PER_RUN = ("model", "kind", "model_kwargs", "seed")
 
 
-def finished_runs(folder: Path) -> tuple[dict[str, list[float]], dict | None]:
-    """({entry label: final test accuracies in points, one per finished seed}, the shared budget) of every
-    run under folder; refuses runs whose budgets differ."""
-    accs: dict[str, dict[int, float]] = {}
+def finished_runs(folder: Path) -> tuple[dict[str, list[float | None]], dict | None]:
+    """({entry label: final test accuracies in points, one per finished seed in seed order, None for a seed
+    that diverged}, the shared budget) of every run under folder; refuses runs whose budgets differ."""
+    accs: dict[str, dict[int, float | None]] = {}
     budget, budget_from = None, None
     for run in sorted(folder.glob("*/runs/*")):
+        diverged = (run / DIVERGED).exists()
         try:
             cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))  # with defaults
-            rows = read_metrics(run)
+            rows = [] if diverged else read_metrics(run)
         except (OSError, ValueError, TypeError, PnnhError):
             continue  # started, nothing finished yet
-        if len(rows) != cfg.epochs:
+        if not diverged and len(rows) != cfg.epochs:
             continue  # still training
         if budget is None:
             budget, budget_from = cfg, run
         elif keys := config_differences(cfg, budget, ignore=(*PER_RUN, *RESUME_SAFE)):
             sys.exit(f"verdict: {run} and {budget_from} differ in {', '.join(keys)}: one verdict cannot mix budgets")
-        accs.setdefault(Entry(cfg.model, cfg.kind, cfg.model_kwargs).label, {})[cfg.seed] = 100 * rows[-1]["test_acc"]
+        accs.setdefault(Entry(cfg.model, cfg.kind, cfg.model_kwargs).label, {})[cfg.seed] = \
+            None if diverged else 100 * rows[-1]["test_acc"]
     shared = budget and {k: v for k, v in asdict(budget).items() if k not in (*PER_RUN, *RESUME_SAFE)}
     return {k: [v[s] for s in sorted(v)] for k, v in accs.items()}, shared
 
 
-def stats(values: list[float] | None) -> dict | None:
+def stats(values: list[float | None] | None) -> dict | None:
+    """Mean, spread and standard error over the finished seeds; None in values is a seed that diverged."""
     if not values:
         return None
-    n = len(values)
-    sd = statistics.stdev(values) if n > 1 else float("nan")
-    return {"n": n, "mean": statistics.fmean(values), "std": sd, "se": sd / math.sqrt(n), "values": values}
+    done = [v for v in values if v is not None]
+    n = len(done)
+    sd = statistics.stdev(done) if n > 1 else float("nan")
+    return {"n": n, "diverged": len(values) - n, "mean": statistics.fmean(done) if done else float("nan"),
+            "std": sd, "se": sd / math.sqrt(n) if n else float("nan"), "values": values}
 
 
 def _decide(d: float, half: float, claim: str) -> str:
@@ -114,6 +123,8 @@ def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
     ("on par" or "behind") by the rules above. A verdict that a Welch t interval (95%) would leave undecided
     is marked marginal: with 3 seeds the normal +- 2 SE interval is the narrower one."""
     seeds = None if a is None or b is None else min(a["n"], b["n"])
+    if seeds is not None and (a["diverged"] or b["diverged"]):
+        return diverged_contrast(a, b, claim)
     if seeds is None or seeds < SEEDS_NEEDED:
         have = "not run" if seeds is None else f"{seeds} of {SEEDS_NEEDED} seeds"
         return {"diff": None if seeds is None else a["mean"] - b["mean"], "se": None, "seeds": seeds,
@@ -129,6 +140,21 @@ def contrast(a: dict | None, b: dict | None, claim: str) -> dict:
     return {"diff": d, "se": se, "seeds": seeds, "verdict": verdict, "why": why, "marginal": marginal}
 
 
+def diverged_contrast(a: dict, b: dict, claim: str) -> dict:
+    """The rule for a diverged seed (the docstring): A with one, against a B that trained every seed, is not on
+    par (is behind); the difference shown is over the finished seeds. A diverged B leaves it undecided."""
+    d = a["mean"] - b["mean"] if a["n"] and b["n"] else None
+    base = {"diff": d, "se": None, "seeds": min(a["n"], b["n"]), "marginal": False}
+    if b["diverged"]:
+        return {**base, "verdict": "undecided", "note": f"the reference diverged in {b['diverged']} of "
+                                                        f"{b['n'] + b['diverged']} seeds",
+                "why": "the reference diverged: nothing to compare with"}
+    return {**base, "verdict": "does not hold" if claim == "on par" else "holds",
+            "note": f"{a['diverged']} of {a['n'] + a['diverged']} seeds diverged",
+            "why": f"{a['diverged']} of {a['n'] + a['diverged']} seeds diverged at this recipe (no usable model), "
+                   f"the reference none of {b['n']}"}
+
+
 def within(c: dict) -> str:
     """The ViT issue's own test of "on par", set with it: |d| <= max(MARGIN, 2 se) ("passes"), or "-" without
     enough seeds. Two-sided, and wider than the on-par rule where the seeds spread (that rule asks the whole
@@ -141,12 +167,17 @@ def within(c: dict) -> str:
 def fmt(s: dict | None) -> str:
     if s is None:
         return "not run"
+    failed = f"; {s['diverged']} diverged" if s["diverged"] else ""
+    if not s["n"]:
+        return f"every seed diverged ({s['diverged']})"
     spread = f" ± {s['std']:.2f}" if s["n"] > 1 else ""
-    return f"{s['mean']:.2f}{spread}% ({s['n']} seed{'s' if s['n'] > 1 else ''})"
+    return f"{s['mean']:.2f}{spread}% ({s['n']} seed{'s' if s['n'] > 1 else ''}{failed})"
 
 
 def fmt_c(c: dict) -> str:
     """d ± 2 SE; on too few seeds for a verdict, d and how many seeds it rests on."""
+    if "note" in c:  # a seed diverged: the difference is over the finished seeds only
+        return f"{c['diff']:+.2f} over the finished seeds ({c['note']})" if c["diff"] is not None else c["note"]
     if c["diff"] is None:
         return "–"
     if c["se"] is None:
@@ -364,17 +395,18 @@ def width_plot(acc: dict[str, dict], out: Path) -> None:
     for depth, colour in ((56, "C0"), (110, "C1")):
         pts = [(0.0, acc.get(f"resnet{depth}:plain")), (1.0, acc.get(f"resnet{depth}:pnnh"))]
         pts += [(w, acc.get(f"resnet{depth}:pnnh:code_ratio={w}")) for w in (0.0625, 0.25, 0.5)]
-        pts = sorted((w, s) for w, s in pts if s is not None)
+        pts = sorted((w, s) for w, s in pts if s is not None and s["n"])  # not where every seed diverged
         if pts:
             ax.errorbar([w for w, _ in pts], [s["mean"] for _, s in pts],
                         yerr=[2 * s["se"] if s["n"] > 1 else 0 for _, s in pts], marker="o", color=colour,
                         capsize=3, label=f"resnet{depth} pnnh (0 = plain)")
             for w, s in pts:  # a point on fewer seeds than a verdict needs says so
-                if s["n"] < SEEDS_NEEDED:
-                    ax.annotate(f"{s['n']} seed{'s' if s['n'] > 1 else ''}", (w, s["mean"]), xytext=(4, -12),
+                if s["n"] < SEEDS_NEEDED or s["diverged"]:
+                    failed = f", {s['diverged']} diverged" if s["diverged"] else ""
+                    ax.annotate(f"{s['n']} seed{'s' if s['n'] > 1 else ''}{failed}", (w, s["mean"]), xytext=(4, -12),
                                 textcoords="offset points", fontsize=7, color=colour)
         ref = acc.get(f"resnet{depth}:residual")
-        if ref:
+        if ref and ref["n"]:
             ax.axhline(ref["mean"], color=colour, linestyle="--", label=f"resnet{depth} residual")
     ax.set(xscale="symlog", xlabel="code width / block width (code_ratio)", ylabel="final test accuracy (%), mean ± 2 SE",
            title="How much of the input must cross each layer")
@@ -405,7 +437,8 @@ def runs_table(acc: dict[str, dict], budget: dict | None, command: str) -> list[
     return [f"CIFAR-10 (JPEG q75 copy), {describe_budget(budget)}; final-epoch accuracy on the full 10,000-image "
             f"test set. Command: `{command}`.", "",
             "| entry | final test accuracy, mean ± std over seeds | per seed |", "|---|---|---|",
-            *(f"| {k} | {fmt(s)} | {', '.join(f'{v:.2f}' for v in s['values'])} |" for k, s in sorted(acc.items()))]
+            *(f"| {k} | {fmt(s)} | {', '.join('diverged' if v is None else f'{v:.2f}' for v in s['values'])} |"
+              for k, s in sorted(acc.items()))]
 
 
 def between_markers(text: str, name: str, lines: list[str]) -> str:
@@ -425,9 +458,10 @@ def main() -> None:
     rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(), transformer_claim(acc_vit)]
     lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
-    done = sum(v["n"] for v in acc.values())
-    lines += ["", f"Evidence matrix: {done} trainings finished; entries with {SEEDS_NEEDED} seeds or more: "
-                  f"{', '.join(k for k, v in sorted(acc.items()) if v['n'] >= SEEDS_NEEDED) or 'none yet'}. "
+    done, failed = sum(v["n"] for v in acc.values()), sum(v["diverged"] for v in acc.values())
+    lines += ["", f"Evidence matrix: {done} trainings finished" + (f", {failed} diverged" if failed else "")
+                  + f"; entries with {SEEDS_NEEDED} seeds or more run: "
+                  f"{', '.join(k for k, v in sorted(acc.items()) if v['n'] + v['diverged'] >= SEEDS_NEEDED) or 'none yet'}. "
                   "Differences are in points of test accuracy, ± 2 standard errors.", "", calibration_line(acc)]
     vit_table = runs_table(acc_vit, budget_vit, "JOBS=2 bash benchmarks/evidence.sh vit12 vit24")
     text = "\n".join(["# The paper's claims, decided", "",

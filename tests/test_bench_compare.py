@@ -123,6 +123,50 @@ def test_compare_report_and_resume(tmp_path: Path, caplog) -> None:
     assert (out / "report.md").read_text() == report and (out / "results.json").read_text() == saved
 
 
+def test_a_diverged_run_is_recorded_reported_and_not_trained_again(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    args = ["compare", "--model", "resnet20", "--kinds", "residual,plain", "--data", "fashion-mnist",
+            "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--seeds", "1",
+            "--workers", "0", "--lr", "1e12", "--output", out, "--json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr  # the comparison goes on and writes its report
+    results = json.loads(first.stdout)
+    for row in results["entries"]:
+        assert row["test_acc"] == [None] and row["test_acc_mean"] is None and list(row["diverged"]) == ["0"]
+        record = json.loads((out / "runs" / f"resnet20-{row['kind']}-seed0" / "diverged.json").read_text())
+        assert (record["epoch"], record["steps_per_epoch"]) == (1, 2) and record["step"] in (1, 2)
+        assert row["diverged"]["0"] == record["where"] == f"epoch 1, step {record['step']} of 2"
+    assert "warning: 2 run(s) diverged (resnet20:residual seed 0, resnet20:plain seed 0)" in first.stderr
+    assert "Traceback" not in first.stderr
+    report = (out / "report.md").read_text()
+    assert "| resnet20:residual | 0.272M | every seed diverged |" in report
+    assert "- resnet20:plain: diverged (seed 0, epoch 1, step" in report
+    again = run_cli(*args)
+    assert again.returncode == 0 and again.stderr.count("diverged before, skipped") == 2, again.stderr
+    assert json.loads(again.stdout)["entries"] == results["entries"]
+
+
+def test_means_leave_out_a_diverged_seed_and_the_report_says_so(tmp_path: Path) -> None:
+    """summarise and write_report on one finished and one diverged seed of one entry."""
+    from pnnh.bench import Entry
+    from pnnh.compare import summarise, write_report
+
+    def epoch(i: int, acc: float) -> dict:
+        return {"epoch": i, "test_acc": acc, "train_acc": acc, "train_loss": 1.0, "img_per_s": 100.0,
+                "seconds": 10.0, "hardware": "cpu"}
+    entry = Entry("resnet20", "pnnh", {"coder": "learned"})
+    runs = {(entry.label, 0): {"history": [epoch(1, 0.4), epoch(2, 0.6)], "params": 1000, "diverged": None},
+            (entry.label, 1): {"history": [], "params": 1000, "diverged": {"where": "epoch 1, step 21 of 156"}}}
+    results = summarise([entry], [0, 1], runs, BASE, "pnnh compare (test)")
+    row = results["entries"][0]
+    assert row["test_acc"] == [0.6, None] and row["test_acc_mean"] == 0.6 and row["test_acc_std"] == 0.0
+    assert row["diverged"] == {"1": "epoch 1, step 21 of 156"} and row["train_seconds"] == 20.0
+    write_report(tmp_path, results, runs)
+    report = (tmp_path / "report.md").read_text()
+    assert "| 60.00 ± 0.00% (1 of 2 seeds; 1 diverged) |" in report
+    assert f"- {entry.label}: 60.00%, diverged (seed 1, epoch 1, step 21 of 156)" in report
+
+
 def test_compare_cli_variants(tmp_path: Path) -> None:
     result = run_cli("compare", "--model", "resnet20", "--kinds", "residual,pnnh", "--pnnh-learner-ratio", "0.5",
                      "--data", "fashion-mnist", "--train-subset", "32", "--test-subset", "32", "--epochs", "2",

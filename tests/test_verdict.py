@@ -91,9 +91,39 @@ def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) ->
     assert verdict.between_markers(marked, "vit", ["new"]) == "a\n<!-- vit: made by benchmarks/verdict.py -->\nnew\n<!-- /vit -->\nz"
     with pytest.raises(SystemExit, match="no <!-- verdict"):
         verdict.between_markers(marked, "verdict", ["new"])
+    # a diverged seed (diverged.json, as compare writes it; metrics of the epochs before it, or none) is None
+    _run(tmp_path, "p2", 0, kind="pnnh", model_kwargs={"code_ratio": 0.25}, seed=2)
+    (tmp_path / "stage" / "runs" / "p2" / "diverged.json").write_text(json.dumps({"where": "epoch 1, step 21 of 156"}))
+    acc, _ = verdict.finished_runs(tmp_path)
+    assert acc["resnet56:pnnh:code_ratio=0.25"] == [pytest.approx(60.0), None]
+    table = verdict.runs_table({k: verdict.stats(v) for k, v in acc.items()}, budget, "bash x.sh")
+    assert "| resnet56:pnnh:code_ratio=0.25 | 60.00% (1 seed; 1 diverged) | 60.00, diverged |" in table
     _run(tmp_path, "x0", 2, lr=0.2, seed=2)
     with pytest.raises(SystemExit, match="differ in lr"):
         verdict.finished_runs(tmp_path)
+
+
+def test_a_diverged_seed_is_not_on_par() -> None:
+    """A seed with no usable model decides "not on par" against a reference that trained every seed, however
+    well the other seeds did; a diverged reference decides nothing."""
+    s = verdict.stats
+    residual = s([76.0, 76.2, 75.8])
+    learned = s([76.1, None, 76.0])
+    assert (learned["n"], learned["diverged"], learned["mean"]) == (2, 1, pytest.approx(76.05))
+    c = verdict.contrast(learned, residual, "on par")
+    assert c["verdict"] == "does not hold" and "1 of 3 seeds diverged at this recipe" in c["why"]
+    assert verdict.fmt_c(c) == "+0.05 over the finished seeds (1 of 3 seeds diverged)"
+    assert verdict.contrast(learned, residual, "behind")["verdict"] == "holds"
+    assert verdict.fmt(learned) == "76.05 ± 0.07% (2 seeds; 1 diverged)"
+    gone = verdict.contrast(s([None, None, None]), residual, "on par")
+    assert gone["verdict"] == "does not hold" and verdict.fmt_c(gone) == "3 of 3 seeds diverged"
+    assert verdict.fmt(s([None, None, None])) == "every seed diverged (3)"
+    back = verdict.contrast(residual, learned, "on par")
+    assert back["verdict"] == "undecided" and "reference diverged" in back["why"]
+    rows = verdict.accuracy_claims({"resnet56:residual": residual,
+                                    "resnet56:pnnh:coder=learned,coder_share=stage": learned})
+    assert "not: resnet56:pnnh:coder=learned,coder_share=stage" in rows[1]["why"]
+    assert "coder=learned,coder_share=stage at 56: +0.05 over the finished seeds (1 of 3 seeds diverged)" in rows[1]["measured"]
 
 
 def test_pnnh_claim_fails_only_when_every_variant_has_failed() -> None:

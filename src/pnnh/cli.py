@@ -316,6 +316,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise SystemExit(130)
     if args.json:
         print(dumps(results))
+    diverged = [f"{r['label']} seed {s}" for r in results["entries"] for s in r["diverged"]]
+    if diverged:
+        print(f"warning: {len(diverged)} run(s) diverged ({', '.join(diverged)}): reported as diverged and left out "
+              f"of the means; delete a run's folder to train it again", file=sys.stderr)
     print(f"runs: {out / 'runs'} (no report)" if args.no_report else f"report: {out / 'report.md'}", file=sys.stderr)
 
 

@@ -1,7 +1,9 @@
 """``pnnh compare``: train every entry with the same data, order, budget and seeds, then report side by side.
 
 Each (entry, seed) is an ordinary ``pnnh train`` run in ``<out>/runs/<entry>-seed<s>``; a compare
-started again skips finished runs and resumes unfinished ones from their last checkpoint.
+started again skips finished runs and resumes unfinished ones from their last checkpoint. A run that
+diverges is a result, not the end of the comparison: it is recorded in its folder (``diverged.json``),
+reported as diverged, and left out of the entry's mean, which the report says rests on fewer seeds.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from .errors import PnnhError
 from .io import make_dir, save_figure, write_atomic, write_json
 from .profile import count_params
 from .progress import bar, log
-from .train import TrainConfig, config_differences, read_metrics, train
+from .train import TrainConfig, TrainingDiverged, config_differences, read_metrics, train
+
+DIVERGED = "diverged.json"  # in a run folder: where that run diverged (committed with its small files)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -37,10 +41,11 @@ def run_dir(out: Path, entry: Entry, seed: int) -> Path:
 def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict | None:
     """What ``path`` holds of this very run (the same config but for RESUME_SAFE keys), or None if nothing.
 
-    {"checkpoint": last.pt's contents or None, "history": per-epoch rows, "model_config", "done": bool}.
-    A finished run's small files alone (config.json, model.json, metrics.jsonl: what benchmarks commit,
-    without checkpoints) count as done. A run with other settings is refused, naming the keys, or with
-    ``overwrite`` deleted so that it is trained again."""
+    {"checkpoint": last.pt's contents or None, "history": per-epoch rows, "model_config", "done": bool,
+    "diverged": where it diverged (``diverged.json``) or None}. A finished run's small files alone
+    (config.json, model.json, metrics.jsonl: what benchmarks commit, without checkpoints) count as done;
+    so does a diverged run (trained again only once its folder is deleted). A run with other settings is
+    refused, naming the keys, or with ``overwrite`` deleted so that it is trained again."""
     if not (path / "config.json").exists() and not (path / "last.pt").exists():
         return None
     try:
@@ -57,17 +62,33 @@ def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict 
         asked = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in conflicts) if saved else "this compare's settings"
         raise PnnhError(f"{path} holds a run with {was}, but this compare asks for {asked}: use another "
                         f"--output, or --overwrite to train it again")
+    if (path / DIVERGED).exists():
+        try:
+            diverged = json.loads((path / DIVERGED).read_text())
+            spec = json.loads((path / "model.json").read_text())
+        except (OSError, ValueError):
+            raise PnnhError(f"{path / DIVERGED} or model.json beside it is unreadable: delete {path} to train "
+                            f"that run again") from None
+        history = read_metrics(path) if (path / "metrics.jsonl").exists() else []
+        return {"checkpoint": None, "history": history, "model_config": spec, "done": True, "diverged": diverged}
     if (path / "last.pt").exists():
         checkpoint = load_checkpoint(path / "last.pt")
         return {"checkpoint": checkpoint, "history": checkpoint["history"], "model_config": checkpoint["model_config"],
-                "done": (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0)}
+                "done": (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0), "diverged": None}
     try:
         history = read_metrics(path)
         spec = json.loads((path / "model.json").read_text())
     except (OSError, ValueError):
         return None  # started but never checkpointed: train it from the start
     done = len(history) == cfg.epochs
-    return {"checkpoint": None, "history": history, "model_config": spec, "done": done} if done else None
+    return {"checkpoint": None, "history": history, "model_config": spec, "done": done, "diverged": None} if done else None
+
+
+def record_divergence(path: Path, e: TrainingDiverged) -> None:
+    """Write where a run diverged into its folder, so that the comparison reports it and does not retrain it."""
+    write_json(path / DIVERGED, {"epoch": e.epoch, "step": e.step, "steps_per_epoch": e.steps_per_epoch,
+                                 "where": f"epoch {e.epoch}, step {e.step} of {e.steps_per_epoch}",
+                                 "message": str(e)})
 
 
 def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str,
@@ -88,18 +109,25 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
                       output=str(path))
         found = existing_run(path, cfg, overwrite)
         done = found is not None and found["done"]
-        status = "done, skipped" if done else ("resuming" if found is not None else "training")
+        status = ("diverged before, skipped (delete its folder to train it again)" if done and found["diverged"]
+                  else "done, skipped" if done else "resuming" if found is not None else "training")
         log.info(f"[{i + 1}/{len(plan)}] {entry.label} seed {seed}: {status}")
         if not done:
-            train(cfg, path / "last.pt" if found is not None else None)
+            try:
+                train(cfg, path / "last.pt" if found is not None else None)
+            except TrainingDiverged as e:
+                record_divergence(path, e)
+                log.warning(f"{entry.label} seed {seed} diverged at epoch {e.epoch}, step {e.step}: recorded in "
+                            f"{path / DIVERGED} and reported; the comparison goes on")
             found = existing_run(path, cfg)
         weights = report and found["checkpoint"] is not None  # the trained weights are needed only to probe
         if weights:
             model = model_from_checkpoint(found["checkpoint"], path / "last.pt")
-        else:  # only the small files are here, or no report: count the parameters on the meta device
+        else:  # only the small files are here, diverged, or no report: count the parameters on the meta device
             with torch.device("meta"):
                 model = build_model(found["model_config"])
-        runs[(entry.label, seed)] = {"history": found["history"], "params": count_params(model)}
+        runs[(entry.label, seed)] = {"history": found["history"], "params": count_params(model),
+                                     "diverged": found["diverged"]}
         if seed == seeds[0]:
             models[entry.label] = model if weights else None
     results = summarise(entries, seeds, runs, base, command)
@@ -109,8 +137,9 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
     for stale in [out / "probe_end.json", *out.glob("probe_end_*.png")]:  # an earlier compare's, maybe of other runs
         stale.unlink(missing_ok=True)
     probes = []
-    if all(m is not None for m in models.values()):
-        probes = probe_trained(entries, seeds[0], base, [models[e.label] for e in entries], out)
+    probed = [e for e in entries if runs[(e.label, seeds[0])]["diverged"] is None]  # a diverged run has no model
+    if all(models[e.label] is not None for e in probed):
+        probes = probe_trained(probed, seeds[0], base, [models[e.label] for e in probed], out) if probed else []
     else:
         log.warning("no probe of the trained models: some runs are here as metrics only (no last.pt)")
     write_report(out, results, runs, probes)
@@ -141,28 +170,41 @@ def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: li
     return runs
 
 
+def finished_seeds(runs: dict, label: str, seeds: list[int]) -> list[int]:
+    """The seeds of an entry whose runs finished (did not diverge)."""
+    return [s for s in seeds if runs[(label, s)]["diverged"] is None]
+
+
 def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainConfig, command: str) -> dict:
+    """Per entry: "test_acc" per seed (None where the run diverged, "diverged" says where), and means, spreads
+    and speeds over the finished seeds only (None if none finished)."""
     rows = []
     for e in entries:
-        hs = [runs[(e.label, s)]["history"] for s in seeds]
+        ok = finished_seeds(runs, e.label, seeds)
+        hs = [runs[(e.label, s)]["history"] for s in ok]
         final = [h[-1]["test_acc"] for h in hs]
         best = [max(r["test_acc"] for r in h if r["test_acc"] is not None) for h in hs]  # --eval-every: gaps
-        train_acc = [h[-1]["train_acc"] for h in hs]
         img_s = [statistics.fmean(r["img_per_s"] for r in h) for h in hs]
-        seconds = [sum(r["seconds"] for r in h) for h in hs]
-        acc_mean, acc_std = _mean_std(final)
-        rows.append({"model": e.model, "kind": e.kind, "variant": e.variant, "label": e.label,
-                     "params": runs[(e.label, seeds[0])]["params"], "seeds": seeds,
-                     "test_acc": final, "test_acc_mean": acc_mean, "test_acc_std": acc_std,
-                     "best_acc_mean": statistics.fmean(best), "best_acc_std": _mean_std(best)[1],
-                     "train_acc_mean": statistics.fmean(train_acc),
-                     "train_img_s": statistics.fmean(img_s), "train_img_s_std": _mean_std(img_s)[1],
-                     "train_seconds": statistics.fmean(seconds), "trained_on": _trained_on(hs)})
+        acc_mean, acc_std = _mean_std(final) if ok else (None, None)
+        row = {"model": e.model, "kind": e.kind, "variant": e.variant, "label": e.label,
+               "params": runs[(e.label, seeds[0])]["params"], "seeds": seeds,
+               "test_acc": [runs[(e.label, s)]["history"][-1]["test_acc"] if s in ok else None for s in seeds],
+               "diverged": {str(s): runs[(e.label, s)]["diverged"]["where"] for s in seeds if s not in ok},
+               "test_acc_mean": acc_mean, "test_acc_std": acc_std,
+               "best_acc_mean": None, "best_acc_std": None, "train_acc_mean": None, "train_img_s": None,
+               "train_img_s_std": None, "train_seconds": None, "trained_on": _trained_on(hs)}
+        if ok:
+            row.update({"best_acc_mean": statistics.fmean(best), "best_acc_std": _mean_std(best)[1],
+                        "train_acc_mean": statistics.fmean(h[-1]["train_acc"] for h in hs),
+                        "train_img_s": statistics.fmean(img_s), "train_img_s_std": _mean_std(img_s)[1],
+                        "train_seconds": statistics.fmean(sum(r["seconds"] for r in h) for h in hs)})
+        rows.append(row)
     reference = next((r for r in rows if r["kind"] == "residual" and r["variant"] == "default"), rows[0])
     for r in rows:
-        r["ratio_train_img_s"] = r["train_img_s"] / reference["train_img_s"]
         r["ratio_params"] = r["params"] / reference["params"]
-        r["delta_acc_vs_reference"] = r["test_acc_mean"] - reference["test_acc_mean"]
+        both = r["test_acc_mean"] is not None and reference["test_acc_mean"] is not None
+        r["ratio_train_img_s"] = r["train_img_s"] / reference["train_img_s"] if both else None
+        r["delta_acc_vs_reference"] = r["test_acc_mean"] - reference["test_acc_mean"] if both else None
     budget = {k: getattr(base, k) for k in ("epochs", "batch_size", "lr", "opt", "sched", "weight_decay",
                                             "warmup_epochs", "train_subset", "test_subset", "label_smoothing")}
     return {"command": command, "data": _data_name(base), "budget": budget, "reference": reference["label"],
@@ -214,14 +256,23 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
              "| entry | params | final test acc (mean ± std) | best test acc | train acc | train img/s | "
              "img/s ratio | wall s/run |", "|---|---|---|---|---|---|---|---|"]
     for r in results["entries"]:
+        n, failed = len(r["seeds"]), len(r["diverged"])
+        if r["test_acc_mean"] is None:
+            lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | every seed diverged | – | – | – | – | – |")
+            continue
+        note = f" ({n - failed} of {n} seeds; {failed} diverged)" if failed else ""
+        ratio = "–" if r["ratio_train_img_s"] is None else f"{r['ratio_train_img_s']:.2f}"
         lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | {100 * r['test_acc_mean']:.2f} ± "
-                     f"{100 * r['test_acc_std']:.2f}% | {100 * r['best_acc_mean']:.2f}% | "
-                     f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | "
-                     f"{r['ratio_train_img_s']:.2f} | {r['train_seconds']:.0f} |")
+                     f"{100 * r['test_acc_std']:.2f}%{note} | {100 * r['best_acc_mean']:.2f}% | "
+                     f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | {ratio} | {r['train_seconds']:.0f} |")
     lines += ["", f"Ratios are to {results['reference']}. Train img/s is each run's own speed in wall time "
               "(a run that shared the machine or was paused reads slower): a record, not a throughput comparison, which is "
-              "`pnnh bench` (entries interleaved in one process). Per-seed final test accuracies:", ""]
-    lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" for a in r["test_acc"]) for r in results["entries"]]
+              "`pnnh bench` (entries interleaved in one process). Means and spreads are over the seeds that finished: "
+              "a run that diverged (its loss or gradient became NaN/inf) has no accuracy and is listed as such. "
+              "Per-seed final test accuracies:", ""]
+    lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" if a is not None else
+                                             f"diverged (seed {s}, {r['diverged'][str(s)]})"
+                                             for s, a in zip(r["seeds"], r["test_acc"])) for r in results["entries"]]
     m, trained_on = results["machine"], results["trained_on"]
     lines += ["", "## Command", "", "```", results["command"], "```", "", "## Machine", "",
               "The epochs were trained on: " + "; ".join(f"{k} ({v} epochs)" for k, v in trained_on.items()) + "."
@@ -256,16 +307,19 @@ def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    entries, seeds = results["entries"], results["entries"][0]["seeds"]
+    entries = [r for r in results["entries"] if r["test_acc_mean"] is not None]  # every seed diverged: no curve
+    if not entries:
+        return []
+    seeds = entries[0]["seeds"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for r in entries:
-        hs = [runs[(r["label"], s)]["history"] for s in seeds]
+        hs = [runs[(r["label"], s)]["history"] for s in finished_seeds(runs, r["label"], seeds)]
         for ax, key in zip(axes, ("test_acc", "train_loss")):
             rows = [i for i in range(len(hs[0])) if all(h[i][key] is not None for h in hs)]  # --eval-every: gaps
             ax.plot([hs[0][i]["epoch"] for i in rows], [statistics.fmean(h[i][key] for h in hs) for i in rows],
                     marker="o", label=r["label"])
-    axes[0].set(xlabel="epoch", ylabel="test accuracy (mean over seeds)")
-    axes[1].set(xlabel="epoch", ylabel="training loss (mean over seeds)")
+    axes[0].set(xlabel="epoch", ylabel="test accuracy (mean over finished seeds)")
+    axes[1].set(xlabel="epoch", ylabel="training loss (mean over finished seeds)")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "curves.png")

@@ -143,9 +143,14 @@ def config_differences(a: "TrainConfig", b: "TrainConfig", ignore: tuple[str, ..
 
 
 class TrainingDiverged(PnnhError):
-    """The loss (or gradient norm) became NaN or infinite; the last good checkpoint is kept."""
+    """The loss (or gradient norm) became NaN or infinite at ``epoch``, ``step`` (1-based) of
+    ``steps_per_epoch``; the last good checkpoint is kept."""
 
     exit_code = 3
+
+    def __init__(self, message: str, epoch: int = 0, step: int = 0, steps_per_epoch: int = 0):
+        super().__init__(message)
+        self.epoch, self.step, self.steps_per_epoch = epoch, step, steps_per_epoch
 
 
 class TrainingInterrupted(Exception):
@@ -434,10 +439,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
             bad = int(distributed.all_reduce_max([bad], device)[0])
         if bad >= 0:
             bad_epoch, bad_step = divmod(bad - 1 + start_global, steps_per_epoch)
+            kept = (f"the last good checkpoint, {run_dir / 'last.pt'}, is kept" if (run_dir / "last.pt").exists()
+                    else "no checkpoint had been written yet")
             raise TrainingDiverged(
                 f"training diverged: the loss or gradient became NaN/inf at epoch {bad_epoch + 1}, step "
-                f"{bad_step + 1} of {steps_per_epoch} (found {where}); the last good checkpoint, "
-                f"{run_dir / 'last.pt'}, is kept: lower --lr (now {cfg.lr}) or set --clip-grad")
+                f"{bad_step + 1} of {steps_per_epoch} (found {where}); {kept}: lower --lr (now {cfg.lr}) "
+                f"or set --clip-grad",
+                bad_epoch + 1, bad_step + 1, steps_per_epoch)
 
     def save(epoch: int, step: int, sums: torch.Tensor, seconds: float) -> None:
         check_finite("before writing a checkpoint")
