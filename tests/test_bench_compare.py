@@ -28,6 +28,10 @@ def test_parse_entries() -> None:
         parse_entries("resnet56:skip")
     with pytest.raises(pnnh.PnnhError, match="not model:kind"):
         parse_entries("resnet56")
+    # --model-kwargs takes the same comma form as --entries, or one option per word
+    from pnnh.models.registry import parse_kwargs
+    assert parse_kwargs(["coder=learned,coder_share=stage", "code_ratio=0.25"]) == \
+        {"coder": "learned", "coder_share": "stage", "code_ratio": 0.25}
 
 
 def test_bench_json_ratios_are_computed_from_the_measurements() -> None:

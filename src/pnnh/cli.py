@@ -39,7 +39,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 TRAIN_HELP = {
     "model": "model name (see `pnnh models`)", "kind": "residual | plain | pnnh",
-    "model_kwargs": "model options as key=value, e.g. learner_ratio=0.5 coder=learned",
+    "model_kwargs": "model options as key=value, separated by spaces or commas, e.g. learner_ratio=0.5 coder=learned",
     "data": "cifar10 | cifar100 | mnist | fashion-mnist | imagefolder",
     "data_dir": "folder of the data set (fashion-mnist: found in /usr/share/datasets if installed)",
     "download": "fetch the official CIFAR/MNIST/Fashion-MNIST files (MD5-checked) if they are not on disk",

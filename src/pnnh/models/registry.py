@@ -88,9 +88,10 @@ def create_model(name: str, kind: str = "residual", checkpoint_path: str | None 
 
 
 def parse_kwargs(items: list[str]) -> dict:
-    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}."""
+    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}; an item may
+    hold several, separated by commas as in ``--entries`` (``"coder=learned,coder_share=block"``)."""
     out = {}
-    for item in items:
+    for item in (piece for item in items for piece in item.split(",") if piece):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise PnnhError(f"model option {item!r} is not key=value")
