@@ -172,6 +172,18 @@ def test_two_processes_writing_one_file_both_succeed(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_a_write_into_a_folder_removed_mid_write_says_so(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    def vanished(src, dst):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(dst))
+    monkeypatch.setattr("pnnh.io.os.replace", vanished)
+    with pytest.raises(pnnh.PnnhError, match="no such file or directory|No such file") as e:
+        write_atomic(tmp_path / "metrics.jsonl", "{}")
+    assert "check that the folder still exists" in str(e.value) and "writable" not in str(e.value)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_remove_leftovers_takes_only_old_temporary_files_of_the_named_targets(tmp_path: Path) -> None:
     write_atomic(tmp_path / "a.npz", b"kept")
     old_a, new_a, old_b = (tmp_path / f".{name}.{tag}.tmp" for name, tag in

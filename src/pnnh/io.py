@@ -27,6 +27,7 @@ _CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quot
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
            errno.EPERM: "permission denied"}
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def describe_os_error(e: OSError) -> str:
@@ -80,7 +81,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
             tmp.unlink()
         except OSError:
             pass
-        fix = "free space" if e.errno in _FULL else "make the folder writable"
+        fix = ("free space" if e.errno in _FULL else "make the folder writable" if e.errno in _DENIED
+               else "check that the folder still exists" if e.errno == errno.ENOENT else "check the folder")
         raise PnnhError(f"cannot write {path}: {describe_os_error(e)}; {fix} or write elsewhere (--output, "
                         f"or --cache-dir for the data cache)") from None
 
