@@ -261,9 +261,10 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
             lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | every seed diverged | – | – | – | – | – |")
             continue
         note = f" ({n - failed} of {n} seeds; {failed} diverged)" if failed else ""
+        spread = f" ± {100 * r['test_acc_std']:.2f}" if n - failed > 1 else ""  # one seed has no spread
         ratio = "–" if r["ratio_train_img_s"] is None else f"{r['ratio_train_img_s']:.2f}"
-        lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | {100 * r['test_acc_mean']:.2f} ± "
-                     f"{100 * r['test_acc_std']:.2f}%{note} | {100 * r['best_acc_mean']:.2f}% | "
+        lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | {100 * r['test_acc_mean']:.2f}{spread}"
+                     f"%{note} | {100 * r['best_acc_mean']:.2f}% | "
                      f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | {ratio} | {r['train_seconds']:.0f} |")
     lines += ["", f"Ratios are to {results['reference']}. Train img/s is each run's own speed in wall time "
               "(a run that shared the machine or was paused reads slower): a record, not a throughput comparison, which is "
