@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from pnnh.checkpoint import load_checkpoint  # noqa: E402
 from pnnh.io import write_atomic, write_json  # noqa: E402
-from pnnh.progress import log  # noqa: E402
+from pnnh.progress import log, setup_logging  # noqa: E402
 from pnnh.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train  # noqa: E402
 
 # benchmarks/evidence.sh's RECIPE (the CNN budget), as a TrainConfig
@@ -39,9 +38,9 @@ def spectrum(checkpoint: Path) -> list[dict]:
     state = load_checkpoint(checkpoint)["model"]  # torch.load keeps a shared E one tensor
     groups: dict[int, dict] = {}
     for key, w in state.items():
-        parts = key.split(".")
-        projection = f"blocks.{parts[1]}.coder.conv.weight" in state if len(parts) > 1 else False
-        if len(parts) == 4 and parts[0] == "blocks" and parts[2:] == ["coder", "weight"] and not projection:
+        parts = key.split(".")  # a tied coder's E: blocks.<i>.coder.weight, without a coder.conv (projection)
+        if len(parts) == 4 and parts[0] == "blocks" and parts[2:] == ["coder", "weight"] \
+                and f"blocks.{parts[1]}.coder.conv.weight" not in state:
             g = groups.setdefault(w.untyped_storage().data_ptr(), {"blocks": [], "weight": w.double()})
             g["blocks"].append(int(parts[1]))
     out = []
@@ -94,6 +93,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=RECIPE["data_dir"])
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "coder_spectrum"))
     args = p.parse_args()
+    setup_logging()  # the trainings' progress on stderr, as the command line shows it
     traces = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
