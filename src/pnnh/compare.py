@@ -182,13 +182,13 @@ def summarise(entries: list[Entry], seeds: list[int], runs: dict, base: TrainCon
     for e in entries:
         ok = finished_seeds(runs, e.label, seeds)
         hs = [runs[(e.label, s)]["history"] for s in ok]
-        final = [h[-1]["test_acc"] for h in hs]
+        final = {s: h[-1]["test_acc"] for s, h in zip(ok, hs)}
         best = [max(r["test_acc"] for r in h if r["test_acc"] is not None) for h in hs]  # --eval-every: gaps
         img_s = [statistics.fmean(r["img_per_s"] for r in h) for h in hs]
-        acc_mean, acc_std = _mean_std(final) if ok else (None, None)
+        acc_mean, acc_std = _mean_std(list(final.values())) if ok else (None, None)
         row = {"model": e.model, "kind": e.kind, "variant": e.variant, "label": e.label,
                "params": runs[(e.label, seeds[0])]["params"], "seeds": seeds,
-               "test_acc": [runs[(e.label, s)]["history"][-1]["test_acc"] if s in ok else None for s in seeds],
+               "test_acc": [final.get(s) for s in seeds],
                "diverged": {str(s): runs[(e.label, s)]["diverged"]["where"] for s in seeds if s not in ok},
                "test_acc_mean": acc_mean, "test_acc_std": acc_std,
                "best_acc_mean": None, "best_acc_std": None, "train_acc_mean": None, "train_img_s": None,
