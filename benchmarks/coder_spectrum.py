@@ -6,15 +6,17 @@
 A learned tied coder's internal path is E^T E x (act(u) - act(-u) = u for ReLU). It starts at the identity
 (E orthogonal); a learned E drifts, and where one E serves every block of a stage the drift compounds along
 the stage's chain of blocks. This trains resnet56 pnnh with coder=learned (the evidence matrix's stage d,
-same recipe as benchmarks/evidence.sh) for a few steps at a time, resuming each time (bit for bit), and
+its recipe, read from the committed stage d run configs) for a few steps at a time, resuming each time (bit for bit), and
 records the largest and smallest eigenvalue of E^T E of each distinct coder after every `--every` steps,
 until `--steps` or until the run diverges. Writes benchmarks/results/coder_spectrum/{spectrum.json,README.md}.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -26,10 +28,21 @@ from pnnh.io import write_atomic, write_json  # noqa: E402
 from pnnh.progress import log, setup_logging  # noqa: E402
 from pnnh.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train  # noqa: E402
 
-# benchmarks/evidence.sh's RECIPE (the CNN budget), as a TrainConfig
-RECIPE = dict(data="imagefolder", data_dir=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"), train_subset=20000,
-              epochs=8, batch_size=128, opt="sgd", lr=0.2, sched="onecycle", label_smoothing=0.1, weight_decay=5e-4,
-              workers=0, channels_last=True, model="resnet56", kind="pnnh")
+# The recipe is the one stage d trained with, read from its recorded run config (one source: evidence.sh)
+STAGE_D = ROOT / "benchmarks" / "results" / "evidence" / "d_learned56" / "runs"
+DATA_DIR = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg")
+
+
+def stage_d_config(share: str, seed: int, data_dir: str, output: Path, every: int) -> TrainConfig:
+    """Stage d's recorded config for this coder_share, with this seed and output, stopping every few steps."""
+    path = STAGE_D / f"resnet56-pnnh-coderlearned-coder_share{share}-seed0" / "config.json"
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read stage d's recorded recipe {path} ({e}): run "
+                         f"`bash benchmarks/evidence.sh d_learned56` first, or check out its committed runs")
+    return replace(TrainConfig.from_dict(recorded), seed=seed, data_dir=data_dir, output=str(output),
+                   stop_after_steps=every)
 
 
 def spectrum(checkpoint: Path) -> list[dict]:
@@ -50,9 +63,8 @@ def spectrum(checkpoint: Path) -> list[dict]:
     return sorted(out, key=lambda g: g["blocks"][0])
 
 
-def trace(seed: int, share: str, steps: int, every: int, data_dir: str, folder: Path) -> dict:
-    cfg = TrainConfig(**{**RECIPE, "data_dir": data_dir}, model_kwargs={"coder": "learned", "coder_share": share},
-                      seed=seed, output=str(folder), stop_after_steps=every)
+def trace(cfg: TrainConfig, steps: int) -> dict:
+    folder, every = cfg.run_dir, cfg.stop_after_steps
     rows, diverged = [], None
     while len(rows) * every < steps:
         last = folder / "last.pt"
@@ -64,7 +76,7 @@ def trace(seed: int, share: str, steps: int, every: int, data_dir: str, folder: 
         except TrainingDiverged as e:
             diverged = {"epoch": e.epoch, "step": e.step}
         break
-    return {"seed": seed, "coder_share": share, "rows": rows, "diverged": diverged}
+    return {"seed": cfg.seed, "coder_share": cfg.model_kwargs["coder_share"], "rows": rows, "diverged": diverged}
 
 
 def table(traces: list[dict]) -> list[str]:
@@ -90,19 +102,22 @@ def main() -> None:
     p.add_argument("--shares", default="stage,block")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--every", type=int, default=5)
-    p.add_argument("--data-dir", default=RECIPE["data_dir"])
+    p.add_argument("--data-dir", default=DATA_DIR)
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "coder_spectrum"))
     args = p.parse_args()
     setup_logging()  # the trainings' progress on stderr, as the command line shows it
-    traces = []
+    traces, recipe = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             for share in args.shares.split(","):
                 log.info(f"seed {seed}, coder_share={share}")
-                traces.append(trace(seed, share, args.steps, args.every, args.data_dir, Path(tmp) / f"{share}{seed}"))
+                cfg = stage_d_config(share, seed, args.data_dir, Path(tmp) / f"{share}{seed}", args.every)
+                recipe = recipe or {k: v for k, v in asdict(cfg).items()
+                                    if k not in ("seed", "output", "stop_after_steps", "model_kwargs")}
+                traces.append(trace(cfg, args.steps))
     command = "python benchmarks/coder_spectrum.py " + " ".join(sys.argv[1:])
     out = Path(args.output)
-    write_json(out / "spectrum.json", {"command": command.strip(), "recipe": RECIPE, "traces": traces})
+    write_json(out / "spectrum.json", {"command": command.strip(), "recipe": recipe, "traces": traces})
     lines = table(traces)
     write_atomic(out / "README.md", "\n".join([
         "# The learned coder's spectrum over the first steps", "",
