@@ -6,9 +6,10 @@
 A learned tied coder's internal path is E^T E x (act(u) - act(-u) = u for ReLU). It starts at the identity
 (E orthogonal); a learned E drifts, and where one E serves every block of a stage the drift compounds along
 the stage's chain of blocks. This trains resnet56 pnnh with coder=learned (the evidence matrix's stage d,
-its recipe, read from the committed stage d run configs) for a few steps at a time, resuming each time (bit for bit), and
-records the largest and smallest eigenvalue of E^T E of each distinct coder after every `--every` steps,
-until `--steps` or until the run diverges. Writes benchmarks/results/coder_spectrum/{spectrum.json,README.md}.
+on its recipe, read from stage d's committed run configs) for a few steps at a time, resuming each time
+(bit for bit), and records the largest and smallest eigenvalue of E^T E of each distinct coder after every
+`--every` steps, until `--steps` or until the run diverges. Writes
+benchmarks/results/coder_spectrum/{spectrum.json,README.md}.
 """
 from __future__ import annotations
 
