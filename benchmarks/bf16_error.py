@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from pnnh import create_model  # noqa: E402
-from pnnh.bench import parse_entries  # noqa: E402
+from pnnh.entries import parse_entries  # noqa: E402
 
 
 def relative_error(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:

@@ -25,9 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from pnnh.checkpoint import load_checkpoint  # noqa: E402
+from pnnh.config import TrainConfig  # noqa: E402
 from pnnh.io import write_atomic, write_json  # noqa: E402
 from pnnh.progress import log, setup_logging  # noqa: E402
-from pnnh.train import TrainConfig, TrainingDiverged, TrainingInterrupted, train  # noqa: E402
+from pnnh.train import TrainingDiverged, TrainingInterrupted, train  # noqa: E402
 
 # The recipe is the one stage d trained with, read from its recorded run config (one source: evidence.sh)
 STAGE_D = ROOT / "benchmarks" / "results" / "evidence" / "d_learned56" / "runs"

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from pnnh.bench import bench, parse_entries  # noqa: E402
-from pnnh.train import cpu_flags, cpu_name  # noqa: E402
+from pnnh.bench import bench  # noqa: E402
+from pnnh.device import cpu_flags, cpu_name  # noqa: E402
+from pnnh.entries import parse_entries  # noqa: E402
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ for model in resnet56 resnet50; do
     for compile in "" "--compile"; do
       name="$OUT/${model}_b${batch}_bf16_cl${compile:+_compile}.json"
       echo "== $name" >&2
-      "$PNNH" bench --device cuda --models "$entries" --batch-size "$batch" --amp bf16 --channels-last \
+      "$PNNH" bench --device cuda --entries "$entries" --batch-size "$batch" --amp bf16 --channels-last \
         --repeats 5 --steps 10 --warmup 3 $compile --json > "$name"
     done
   done

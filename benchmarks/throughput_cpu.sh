@@ -13,11 +13,11 @@ for depth in 20 56 110; do
   m=resnet$depth
   for batch in 64 128; do
     repeats=5; [ "$m$batch" = resnet110128 ] && repeats=9   # its 5-round spread was wide: more rounds
-    "$PNNH" bench --models "$m:residual,$m:plain,$m:pnnh,$m:pnnh:learner_ratio=0.5,$m:pnnh:plain_form" \
+    "$PNNH" bench --entries "$m:residual,$m:plain,$m:pnnh,$m:pnnh:learner_ratio=0.5,$m:pnnh:plain_form" \
       --batch-size $batch --repeats $repeats --json > "$OUT/${m}_b${batch}.json"
   done
 done
-"$PNNH" bench --models resnet56:residual,resnet56:pnnh,resnet56:pnnh:plain_form,resnet56:plain,resnet56:plain:plain_form \
+"$PNNH" bench --entries resnet56:residual,resnet56:pnnh,resnet56:pnnh:plain_form,resnet56:plain,resnet56:plain:plain_form \
   --batch-size 1 --repeats 5 --steps 20 --json > "$OUT/resnet56_b1.json"
 .venv/bin/python benchmarks/cpu_settings.py --model resnet56 --kinds residual,pnnh --batch-size 32 --rounds 3 \
   --steps 2 --compile > "$OUT/cpu_settings_resnet56.json"
@@ -29,10 +29,10 @@ if grep -qw amx_bf16 /proc/cpuinfo; then  # a CPU with bf16 units (AMX): where b
 fi
 # The throughput claim's controls (benchmarks/verdict.py): every pnnh variant of the evidence matrix and the
 # thin residual net, channels-last as the matrix trains. Pause other torch jobs while this runs.
-"$PNNH" bench --models "resnet56:residual,resnet56:plain,resnet56:pnnh,resnet56:pnnh:code_ratio=0.0625,\
+"$PNNH" bench --entries "resnet56:residual,resnet56:plain,resnet56:pnnh,resnet56:pnnh:code_ratio=0.0625,\
 resnet56:pnnh:code_ratio=0.25,resnet56:pnnh:code_ratio=0.5,resnet56:pnnh:coder=learned,coder_share=stage,\
 resnet56:pnnh:coder=learned,coder_share=block,resnet56:residual:learner_ratio=0.5,resnet56:pnnh:learner_ratio=0.5" \
   --batch-size 128 --repeats 5 --channels-last --json > "$OUT/resnet56_controls_b128.json"
 # The CIFAR ViTs in the three kinds (issue: ViTs), with resnet56 for scale.
-"$PNNH" bench --models "vit_cifar_12:residual,vit_cifar_12:plain,vit_cifar_12:pnnh,vit_cifar_24:residual,\
+"$PNNH" bench --entries "vit_cifar_12:residual,vit_cifar_12:plain,vit_cifar_12:pnnh,vit_cifar_24:residual,\
 vit_cifar_24:plain,vit_cifar_24:pnnh,resnet56:residual" --batch-size 64 --repeats 5 --steps 2 --json > "$OUT/vit_cifar_b64.json"

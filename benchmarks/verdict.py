@@ -38,11 +38,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
-from pnnh.bench import Entry  # noqa: E402
 from pnnh.compare import DIVERGED  # noqa: E402
+from pnnh.config import RESUME_SAFE, TrainConfig, config_differences  # noqa: E402
+from pnnh.entries import Entry  # noqa: E402
 from pnnh.errors import PnnhError  # noqa: E402
-from pnnh.train import RESUME_SAFE, TrainConfig, config_differences, read_metrics  # noqa: E402
+from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
+from pnnh.train import read_metrics  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
@@ -92,7 +94,7 @@ def _decide(d: float, half: float, claim: str) -> str:
     return "holds" if high < -MARGIN else "does not hold" if low > -MARGIN else "undecided"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile: bisection on the CDF, integrated from 0 by Simpson's rule (no scipy here)."""
     if df > 1000:

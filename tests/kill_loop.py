@@ -29,7 +29,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same thread count in every p
 
 
 def _start(out: Path, resume: bool) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pnnh", *ARGS, "--output", str(out), *(["--resume"] if resume else [])],
+    resumed = ["--resume"] if resume else []
+    return subprocess.Popen([sys.executable, "-m", "pnnh", *ARGS, "--output", str(out), *resumed],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
 
 

@@ -14,6 +14,7 @@ from pnnh.analysis import DISTS, linear_cka, probe, ridge_r2, theory
 from pnnh.analysis.dists import VGG16_STAGES
 from pnnh.data import load_dataset
 from pnnh.data.loader import channel_stats, normalised
+
 from conftest import assert_one_line_error, pnnh_main, run_cli
 
 

@@ -12,10 +12,13 @@ import pytest
 import torch
 
 import pnnh
-from pnnh.bench import parse_entries
 from pnnh.compare import compare
+from pnnh.config import TrainConfig
+from pnnh.device import hardware
+from pnnh.entries import parse_entries
 from pnnh.profile import count_params
-from pnnh.train import TrainConfig, TrainingInterrupted, hardware
+from pnnh.train import TrainingInterrupted
+
 from conftest import assert_one_line_error, pnnh_main, run_cli
 
 
@@ -29,13 +32,13 @@ def test_parse_entries() -> None:
     with pytest.raises(pnnh.PnnhError, match="not model:kind"):
         parse_entries("resnet56")
     # --model-kwargs takes the same comma form as --entries, or one option per word
-    from pnnh.models.registry import parse_kwargs
+    from pnnh.entries import parse_kwargs
     assert parse_kwargs(["coder=learned,coder_share=stage", "code_ratio=0.25"]) == \
         {"coder": "learned", "coder_share": "stage", "code_ratio": 0.25}
 
 
 def test_bench_json_ratios_are_computed_from_the_measurements() -> None:
-    result = run_cli("bench", "--models", "resnet20:residual,resnet20:pnnh:learner_ratio=0.5", "--repeats", "2",
+    result = run_cli("bench", "--entries", "resnet20:residual,resnet20:pnnh:learner_ratio=0.5", "--repeats", "2",
                      "--steps", "1", "--warmup", "1", "--batch-size", "8", "--input-size", "32", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
@@ -52,7 +55,10 @@ def test_bench_json_ratios_are_computed_from_the_measurements() -> None:
         assert e["train_img_s"] > 0 and e["infer_img_s"] > e["train_img_s"] and e["peak_mem_mb"] > 0
         lo, hi = e["train_img_s_range"]
         assert lo <= e["train_img_s"] <= hi
-    assert_one_line_error(run_cli("bench", "--models", "resnet21:residual"), "unknown model 'resnet21'")
+    assert_one_line_error(run_cli("bench", "--entries", "resnet21:residual"), "unknown model 'resnet21'")
+    # the flag's old name is refused, naming the new one
+    assert_one_line_error(run_cli("bench", "--models", "resnet20:residual"), "--models was removed: name the "
+                          "entries with --entries")
 
 
 BASE = TrainConfig(data="fashion-mnist", train_subset=64, test_subset=32, epochs=2, batch_size=32, workers=0)
@@ -152,8 +158,8 @@ def test_a_diverged_run_is_recorded_reported_and_not_trained_again(tmp_path: Pat
 
 def test_means_leave_out_a_diverged_seed_and_the_report_says_so(tmp_path: Path) -> None:
     """summarise and write_report on one finished and one diverged seed of one entry."""
-    from pnnh.bench import Entry
     from pnnh.compare import summarise, write_report
+    from pnnh.entries import Entry
 
     def epoch(i: int, acc: float) -> dict:
         return {"epoch": i, "test_acc": acc, "train_acc": acc, "train_loss": 1.0, "img_per_s": 100.0,
@@ -172,7 +178,7 @@ def test_means_leave_out_a_diverged_seed_and_the_report_says_so(tmp_path: Path) 
 
 
 def test_compare_cli_variants(tmp_path: Path) -> None:
-    result = run_cli("compare", "--model", "resnet20", "--kinds", "residual,pnnh", "--pnnh-learner-ratio", "0.5",
+    result = run_cli("compare", "--entries", "resnet20:residual,resnet20:pnnh:learner_ratio=0.5",
                      "--data", "fashion-mnist", "--train-subset", "32", "--test-subset", "32", "--epochs", "2",
                      "--eval-every", "3", "--batch-size", "32", "--seeds", "1", "--workers", "0",
                      "--output", tmp_path / "r", "--json")
@@ -185,13 +191,18 @@ def test_compare_cli_variants(tmp_path: Path) -> None:
     assert [row["test_acc"] is None for row in metrics] == [True, False]
     assert all(e["best_acc_mean"] == e["test_acc_mean"] for e in out["entries"])
     assert (tmp_path / "r" / "curves.png").exists()
-    assert out["command"].startswith("pnnh compare --model resnet20")
+    assert out["command"].startswith("pnnh compare --entries resnet20:residual,resnet20:pnnh:learner_ratio=0.5")
     (tmp_path / "r" / "report.md").unlink()
     again = pnnh_main("compare", "--model", "resnet20", "--kinds", "residual", "--data", "fashion-mnist",
                       "--train-subset", "32", "--test-subset", "32", "--epochs", "2", "--eval-every", "3",
                       "--batch-size", "32", "--seeds", "1", "--workers", "0", "--output", tmp_path / "r", "--no-report")
     assert again.returncode == 0 and "(no report)" in again.stderr and not (tmp_path / "r" / "report.md").exists()
     assert_one_line_error(pnnh_main("compare", "--model", "resnet20", "--kinds", "residual,skip"), "unknown kind")
+    # one route for a model option: the pnnh-only flags are gone, --entries names each entry's options
+    for flag in ("--pnnh-learner-ratio", "--pnnh-kwargs"):
+        assert_one_line_error(pnnh_main("compare", "--model", "resnet20", flag, "0.5"), f"{flag} was removed")
+    assert_one_line_error(pnnh_main("compare", "--entries", "resnet20:residual", "--model-kwargs", "learner_ratio=0.5"),
+                          "--entries names each model, kind and option")
 
 
 def test_bench_plain_form_entries_are_inference_only() -> None:
@@ -212,15 +223,13 @@ def test_bench_plain_form_entries_are_inference_only() -> None:
 
 
 def test_progress_bars_go_to_a_terminal_stderr_never_into_json_stdout() -> None:
+    import fcntl
     import os
+    import struct
     import subprocess
     import sys
-
-    import threading
-
-    import fcntl
-    import struct
     import termios
+    import threading
 
     master, slave = os.openpty()  # stderr is a terminal (bars on), stdout a pipe (JSON only)
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 columns wide
@@ -238,7 +247,7 @@ def test_progress_bars_go_to_a_terminal_stderr_never_into_json_stdout() -> None:
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
-    proc = subprocess.Popen([sys.executable, "-m", "pnnh", "bench", "--models", "resnet20:residual", "--repeats", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "pnnh", "bench", "--entries", "resnet20:residual", "--repeats", "2",
                              "--steps", "1", "--warmup", "1", "--batch-size", "4", "--json"],
                             stdout=subprocess.PIPE, stderr=slave, text=True)
     out, _ = proc.communicate(timeout=300)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import pickle
 import shutil
@@ -19,6 +18,7 @@ from pnnh import PnnhError
 from pnnh.data import load_dataset, make_loader
 from pnnh.data.loader import augment_batch, channel_stats, normalised
 from pnnh.data.readers import FASHION_MNIST_DEBIAN, download_and_extract
+
 from conftest import assert_one_line_error, pnnh_main
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -197,16 +197,18 @@ def test_batch_augmentation_matches_a_per_image_reference(cifar_test_split) -> N
 
 def test_loader_is_deterministic_and_shards_like_one_process(cifar_test_split) -> None:
     data = cifar_test_split.subset(256, 0)
-    one = make_loader(data, 32, True, "cpu", seed=3)
+    one = make_loader(data, 32, True, "cpu", seed=3, channels_last=True)
     x1, y1 = next(iter(one.batches(epoch=2, start_step=1)))
     again = list(one.batches(epoch=2))[1]
     assert torch.equal(x1, again[0]) and torch.equal(y1, again[1])
     assert not torch.equal(x1, next(iter(one.batches(epoch=3, start_step=1)))[0])
-    halves = [next(iter(make_loader(data, 16, True, "cpu", seed=3, rank=r, world_size=2).batches(2, 1)))
-              for r in range(2)]
+    halves = [next(iter(make_loader(data, 16, True, "cpu", seed=3, rank=r, world_size=2, channels_last=True)
+                        .batches(2, 1))) for r in range(2)]
     assert torch.equal(torch.cat([h[0] for h in halves]), x1)
     assert x1.shape == (32, 3, 32, 32) and x1.is_contiguous(memory_format=torch.channels_last)
     assert abs(x1.mean().item()) < 0.3 and 0.7 < x1.std().item() < 1.3  # normalised
+    # channels-last is off unless asked for, as in TrainConfig (the one place that sets its default)
+    assert next(iter(make_loader(data, 32, True, "cpu", seed=3).batches(2, 1)))[0].is_contiguous()
     test = make_loader(data, 100, False, "cpu")
     assert [len(y) for _, y in test.batches(0)] == [100, 100, 56]
     # a whole split normalised at once (the probe, scripts) is what the evaluation loader feeds, bit for bit

@@ -9,9 +9,11 @@ import torch
 import torch.nn as nn
 
 import pnnh
-from pnnh.checkpoint import load_checkpoint, model_config, save_atomic, save_weights
+from pnnh.checkpoint import load_checkpoint, save_atomic, save_weights
 from pnnh.convert import PLAIN_MODULE_TYPES
 from pnnh.export import export_model
+from pnnh.hub import model_config
+
 from conftest import assert_one_line_error, pnnh_main, randomise_batchnorm, run_cli
 
 FAMILIES = ["resnet20", "resnet18", "vgg11", "vit_cifar_6"]  # one model of each family
@@ -38,7 +40,7 @@ def test_load_model_round_trip(name: str, kind: str, tmp_path: Path) -> None:
         expected = model(x)
         for path in (weights, state):
             loaded = pnnh.load_model(path)
-            assert not loaded.training and loaded.pretrained_cfg["classes"][0] == "c0"
+            assert not loaded.training and loaded.model_config["classes"][0] == "c0"
             assert torch.equal(loaded(x), expected)
     again = pnnh.create_model(name, kind=kind, num_classes=7, checkpoint_path=str(weights)).eval()
     with torch.no_grad():
@@ -91,7 +93,8 @@ def test_export_cli_json_and_failing_parity(tmp_path: Path) -> None:
 def test_tensorboard_events_hold_the_metrics(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from pnnh.train import TrainConfig, train
+    from pnnh.config import TrainConfig
+    from pnnh.train import train
 
     summary = train(TrainConfig(model="resnet20", data="fashion-mnist", train_subset=64, test_subset=32, batch_size=32,
                                 epochs=2, workers=0, log="tensorboard", output=str(tmp_path / "run")))

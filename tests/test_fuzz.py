@@ -4,7 +4,6 @@ exception (a traceback), code execution, or a data set that does not add up."""
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import random
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 from pnnh.checkpoint import load_checkpoint, save_atomic
-from pnnh.cli import build_parser, config_from_args, load_yaml_defaults
+from pnnh.cli import config_from_args, parse_args
 from pnnh.data import load_dataset
 from pnnh.errors import PnnhError
 
@@ -177,7 +176,7 @@ def test_fuzz_image_folders(cifar_jpeg: Path, tmp_path: Path) -> None:
             for i, (f, _) in enumerate(names):
                 assert torch.equal(split.images[i], torch.from_numpy(np.array(Image.open(f).convert("RGB"))))
 
-        tally[run_case(lambda: load_dataset("imagefolder", root, "train", cache_dir=cache), check)] += 1
+        tally[run_case(lambda root=root: load_dataset("imagefolder", root, "train", cache_dir=cache), check)] += 1
     report("image folders", tally)
 
 
@@ -224,10 +223,7 @@ def test_fuzz_yaml_configs(tmp_path: Path) -> None:
         config.write_text(text, encoding="latin-1")
 
         def load():
-            parser = build_parser()
-            argv = ["train", "--config", str(config)]
-            load_yaml_defaults(parser, argv)
-            cfg = config_from_args(parser.parse_args(argv))
+            cfg = config_from_args(parse_args(["train", "--config", str(config)]))
             cfg.validate()
             return cfg
 

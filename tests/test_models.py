@@ -11,6 +11,7 @@ import pnnh
 from pnnh.convert import PLAIN_MODULE_TYPES, block_to_plain
 from pnnh.models import Block, ProjectionCoder, TiedCoder, model_info
 from pnnh.profile import count_params
+
 from conftest import assert_one_line_error, randomise_batchnorm, run_cli
 
 ALL = [(name, kind) for name in pnnh.list_models() for kind in pnnh.KINDS]

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from kill_loop import kill_loop
 
 import pnnh
 from pnnh.checkpoint import load_checkpoint
+from pnnh.config import TrainConfig
 from pnnh.io import remove_leftovers, write_atomic
-from pnnh.train import TrainConfig, train
+from pnnh.train import train
+
 from conftest import assert_one_line_error, pnnh_main
-from kill_loop import kill_loop
 
 TINY = ["--model", "resnet20", "--data", "fashion-mnist", "--train-subset", "128", "--test-subset", "64",
         "--batch-size", "32", "--workers", "0", "--device", "cpu"]

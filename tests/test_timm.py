@@ -36,7 +36,8 @@ def test_timm_refuses_what_pnnh_does_not_do(tmp_path) -> None:
         timm.create_model("pnnh_resnet20_pnnh", pretrained=True)
     with pytest.raises(pnnh.PnnhError, match="drop_path_rate"):
         timm.create_model("pnnh_resnet20_pnnh", drop_path_rate=0.1)
-    from pnnh.checkpoint import model_config, save_weights
+    from pnnh.checkpoint import save_weights
+    from pnnh.hub import model_config
 
     model = pnnh.create_model("resnet20", kind="pnnh", num_classes=10)
     torch.save(model.state_dict(), tmp_path / "w.pth")

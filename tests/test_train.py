@@ -6,14 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import pnnh
-from pnnh.train import TrainConfig, hardware, lr_factor, train, write_metrics
+from pnnh.config import TrainConfig
+from pnnh.device import hardware
+from pnnh.optim import lr_factor
+from pnnh.train import train, write_metrics
+
 from conftest import assert_one_line_error, pnnh_main
 
 TINY = dict(model="resnet20", data="fashion-mnist", train_subset=256, test_subset=128, batch_size=32, workers=0)
@@ -226,7 +229,7 @@ def test_a_vit_trains_with_the_transformer_recipe_and_evaluates(tmp_path: Path) 
     assert all(row["train_loss"] < 3.0 for row in summary["history"])
     tested = [row["test_acc"] is not None and row["test_loss"] is not None for row in pnnh.train.read_metrics(run)]
     assert tested == [False, True, True]  # epoch 2 (every 2nd) and epoch 3 (the last)
-    groups = pnnh.train.param_groups(summary["model"], 0.05)
+    groups = pnnh.optim.param_groups(summary["model"], 0.05)
     no_decay = {id(p) for p in groups[1]["params"]}
     assert id(summary["model"].pos_embed) in no_decay and id(summary["model"].cls_token) in no_decay
     assert id(summary["model"].blocks[0].attn.qkv.weight) not in no_decay

@@ -1,8 +1,8 @@
 """pnnh: residual, plain and PNNH networks side by side (the Plain Neural Net Hypothesis, arXiv 2402.08645)."""
-from .checkpoint import load_model
 from .convert import to_plain
 from .errors import PnnhError
-from .models import KINDS, create_model, list_models
+from .hub import create_model, load_model
+from .models import KINDS, list_models
 
 __version__ = "0.1.0"
 __all__ = ["KINDS", "PnnhError", "create_model", "list_models", "load_model", "to_plain", "__version__"]

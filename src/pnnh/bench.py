@@ -3,77 +3,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .convert import to_plain
+from .device import check_amp, hardware, resolve_device
+from .entries import Entry
 from .errors import PnnhError
 from .models import create_model
-from .models.registry import check_kind, parse_kwargs
 from .profile import count_macs, count_params
 from .progress import bar
-from .train import check_amp, hardware
-
-
-@dataclass
-class Entry:
-    """One model to compare: ``model:kind[:key=value,key=value]``, e.g. ``resnet56:pnnh:learner_ratio=0.5``."""
-    model: str
-    kind: str
-    kwargs: dict = field(default_factory=dict)
-    plain_form: bool = False  # bench only: the model rewritten by to_plain (inference only)
-
-    @property
-    def variant(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items())) or "default"
-
-    @property
-    def label(self) -> str:
-        return (f"{self.model}:{self.kind}" + (f":{self.variant}" if self.kwargs else "")
-                + (":plain_form" if self.plain_form else ""))
-
-    @property
-    def slug(self) -> str:
-        return self.label.replace(":", "-").replace(",", "-").replace("=", "")
-
-    @classmethod
-    def parse(cls, text: str) -> "Entry":
-        parts = text.strip().split(":")
-        plain_form = parts[-1] == "plain_form"
-        if plain_form:
-            parts = parts[:-1]
-        if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
-        check_kind(parts[1])
-        if plain_form and parts[1] == "residual":
-            raise PnnhError(f"entry {text!r}: a residual model has no plain form; use the plain or pnnh kind")
-        kwargs = parse_kwargs([kv for kv in ":".join(parts[2:]).split(",") if kv]) if len(parts) > 2 else {}
-        return cls(parts[0], parts[1], kwargs, plain_form)
-
-
-def parse_entries(text: str) -> list[Entry]:
-    """``"resnet56:residual,resnet56:pnnh:learner_ratio=0.5,code_ratio=0.5"``: commas separate entries,
-    and key=value pieces without a colon belong to the entry before them."""
-    pieces, current = [], None
-    for token in text.split(","):
-        token = token.strip()
-        if not token:
-            continue
-        if "=" in token and ":" not in token and current is not None:
-            current += "," + token
-        else:
-            if current is not None:
-                pieces.append(current)
-            current = token
-    if current is not None:
-        pieces.append(current)
-    entries = [Entry.parse(p) for p in pieces]
-    if not entries:
-        raise PnnhError("no entries given: --models resnet56:residual,resnet56:pnnh")
-    return entries
 
 
 def _training_memory_mb(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -103,9 +44,9 @@ def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input
           in_chans: int = 3, num_classes: int = 10, repeats: int = 5, steps: int = 3, warmup: int = 2,
           channels_last: bool = False, amp: str = "none", compile: bool = False) -> dict:
     """Train and inference images/s of each entry, interleaved; median and spread over ``repeats``."""
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PnnhError("--device cuda given but no CUDA device is available")
+    if repeats < 1 or steps < 1 or batch_size < 1:
+        raise PnnhError("--repeats, --steps and --batch-size must be at least 1")
+    dev = resolve_device(device)
     check_amp(dev, amp)
     built = []
     for e in entries:

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from .errors import PnnhError
 from .io import write_atomic
@@ -61,8 +63,6 @@ SAFETENSORS_FORMAT = "pnnh-weights-v1"
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> None:
     """Weights that leave a run (best weights, exports) as safetensors: no pickle, the model's config and
     anything else in ``metadata`` as JSON strings in the header, and a SHA-256 of the tensors."""
-    from safetensors.torch import save
-
     # standard layout (a channels-last tensor is not "contiguous" to safetensors), and copies: it refuses shared storage
     state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     header = {"format": SAFETENSORS_FORMAT, "sha256": digest(state),
@@ -71,9 +71,6 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict) -> 
 
 
 def _load_safetensors(path: Path) -> dict:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     try:
         raw = path.read_bytes()
         state = load(raw)
@@ -107,7 +104,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return _load_safetensors(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 -- torch.load raises many types on a damaged or unsafe file
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PnnhError(f"cannot load checkpoint {path}: not a pnnh/PyTorch weights file, truncated, or unsafe "
                         f"to load ({first_line[:200]})") from None
@@ -126,61 +123,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     raise PnnhError(f"checkpoint {path} is not a pnnh checkpoint (no '{FORMAT}' tag) nor a state dict")
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:300]
-        raise PnnhError(f"checkpoint {path} does not fit this model ({detail}); "
-                        f"pass the --model, --kind and options it was trained with") from None
-
-
-def model_config(name: str, kind: str, kwargs: dict, num_classes: int, input_size: tuple[int, int, int],
-                 mean: list[float] | None = None, std: list[float] | None = None,
-                 classes: list[str] | None = None) -> dict:
-    """What rebuilds a model and feeds it: constructor arguments, input size, normalisation, class names.
-
-    Every checkpoint and export carries one; ``build_model`` and ``load_model`` read it.
-    """
-    return {"name": name, "kind": kind, "kwargs": dict(kwargs), "num_classes": int(num_classes),
-            "in_chans": int(input_size[0]), "input_size": [int(s) for s in input_size],
-            "mean": None if mean is None else [float(v) for v in mean],
-            "std": None if std is None else [float(v) for v in std],
-            "classes": None if classes is None else list(classes)}
-
-
-def build_model(config: dict) -> torch.nn.Module:
-    """The model a ``model_config`` describes, freshly initialised (on the current default device)."""
-    from .models import create_model, model_info
-
-    kwargs = dict(config["kwargs"])
-    if model_info(config["name"])["img_size_option"]:  # a ViT is built for its data's image size
-        kwargs.setdefault("img_size", config["input_size"][-1])
-    return create_model(config["name"], kind=config["kind"], num_classes=config["num_classes"],
-                        in_chans=config["in_chans"], **kwargs)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained model of a checkpoint (``last.pt``, ``best.safetensors``) or export, in eval mode.
-
-    Its ``pretrained_cfg`` holds the ``model_config``: input size, mean and std, class names.
-    """
-    return model_from_checkpoint(load_checkpoint(path), path, device)
-
-
-def model_from_checkpoint(checkpoint: dict, path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """``load_model`` for a checkpoint already read with ``load_checkpoint``."""
-    config = checkpoint.get("model_config")
-    if config is None:
-        raise PnnhError(f"{path} does not record how to build its model (a bare state dict, or a checkpoint from "
-                        f"pnnh 0.1): build it with create_model(...) and load_state_dict")
-    with torch.device("meta"):
-        if checkpoint.get("plain_layers"):  # an export's plain chain
-            from .convert import chain_from_spec
-            model = chain_from_spec(checkpoint["plain_layers"])
-        else:
-            model = build_model(config)
-    model = model.to_empty(device=device)
-    load_model_state(model, checkpoint["model"], path)
-    model.pretrained_cfg = config
-    return model.eval()
+def load_training_state(path: str | Path) -> dict:
+    """A run's ``last.pt``: weights, optimiser, schedule, RNG and position, to continue training from."""
+    checkpoint = load_checkpoint(path)
+    if "optimizer" not in checkpoint or "config" not in checkpoint:
+        raise PnnhError(f"{path} holds weights only, not a training state; resume from the run's last.pt")
+    return checkpoint

@@ -15,17 +15,22 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 
-from .bench import Entry
-from .checkpoint import build_model, load_checkpoint, model_from_checkpoint
+from .analysis.plots import plot_probe
+from .analysis.probe import load_probe_images, probe, spread_cell
+from .checkpoint import load_checkpoint
+from .config import TrainConfig, config_differences
+from .entries import Entry
 from .errors import PnnhError
+from .hub import build_model, model_from_checkpoint
 from .io import make_dir, save_figure, write_atomic, write_json
 from .profile import count_params
 from .progress import bar, log
-from .train import TrainConfig, TrainingDiverged, config_differences, read_metrics, train
+from .train import TrainingDiverged, read_metrics, train
 
 DIVERGED = "diverged.json"  # in a run folder: where that run diverged (committed with its small files)
 
@@ -65,23 +70,26 @@ def existing_run(path: Path, cfg: TrainConfig, overwrite: bool = False) -> dict 
     if (path / DIVERGED).exists():
         try:
             diverged = json.loads((path / DIVERGED).read_text())
-            spec = json.loads((path / "model.json").read_text())
+            model_config = json.loads((path / "model.json").read_text())
         except (OSError, ValueError):
             raise PnnhError(f"{path / DIVERGED} or model.json beside it is unreadable: delete {path} to train "
                             f"that run again") from None
         history = read_metrics(path) if (path / "metrics.jsonl").exists() else []
-        return {"checkpoint": None, "history": history, "model_config": spec, "done": True, "diverged": diverged}
+        return {"checkpoint": None, "history": history, "model_config": model_config, "done": True,
+                "diverged": diverged}
     if (path / "last.pt").exists():
         checkpoint = load_checkpoint(path / "last.pt")
         return {"checkpoint": checkpoint, "history": checkpoint["history"], "model_config": checkpoint["model_config"],
                 "done": (checkpoint["epoch"], checkpoint["step"]) == (cfg.epochs, 0), "diverged": None}
     try:
         history = read_metrics(path)
-        spec = json.loads((path / "model.json").read_text())
+        model_config = json.loads((path / "model.json").read_text())
     except (OSError, ValueError):
         return None  # started but never checkpointed: train it from the start
     done = len(history) == cfg.epochs
-    return {"checkpoint": None, "history": history, "model_config": spec, "done": done, "diverged": None} if done else None
+    if not done:
+        return None
+    return {"checkpoint": None, "history": history, "model_config": model_config, "done": True, "diverged": None}
 
 
 def record_divergence(path: Path, e: TrainingDiverged) -> None:
@@ -132,6 +140,10 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
             models[entry.label] = model if weights else None
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
+    diverged = [f"{r['label']} seed {s}" for r in results["entries"] for s in r["diverged"]]
+    if diverged:
+        log.warning(f"warning: {len(diverged)} run(s) diverged ({', '.join(diverged)}): reported as diverged and left "
+                    f"out of the means; delete a run's folder to train it again")
     if not report:
         return results
     for stale in [out / "probe_end.json", *out.glob("probe_end_*.png")]:  # an earlier compare's, maybe of other runs
@@ -151,12 +163,10 @@ PROBE_IMAGES = 64
 
 def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: list[torch.nn.Module],
                   out: Path) -> list[dict]:
-    """The probe (CKA, R^2, survival, effective rank, spread across positions) of each entry's trained seed-``seed`` model,
-    on a fixed subset of test images; [] where the data set cannot be probed."""
-    from .analysis.probe import load_probe_images, probe
-
+    """The probe (CKA, R^2, survival, effective rank, spread across positions) of each entry's trained
+    seed-``seed`` model, on a fixed subset of test images; [] where the data set cannot be probed."""
     try:  # every run of one seed trained on the same subset, so shares its normalisation
-        cfg = models[0].pretrained_cfg
+        cfg = models[0].model_config
         images, _, _ = load_probe_images(base.data, base.data_dir, PROBE_IMAGES, 0,
                                          (cfg["mean"], cfg["std"]) if cfg["mean"] else None, base.cache_dir)
     except PnnhError as e:
@@ -230,8 +240,6 @@ def _data_name(cfg: TrainConfig) -> str:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("pnnh", "torch", "numpy", "matplotlib", "pillow"):
         try:
@@ -245,8 +253,8 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
     write_json(out / "results.json", results)
     plots = write_plots(out, results, runs)
     if probes and plots:
-        from .analysis.plots import plot_probe
-        plots += [p.name for p in plot_probe(probes, out, prefix="probe_end") if p.stem.endswith(("cka", "r2", "spread"))]
+        plots += [p.name for p in plot_probe(probes, out, prefix="probe_end")
+                  if p.stem.endswith(("cka", "r2", "spread"))]
     b = results["budget"]
     lines = [f"# pnnh compare: {', '.join(r['label'] for r in results['entries'])}", "",
              f"Data: {results['data']}. Budget: {b['epochs']} epochs, batch {b['batch_size']}, {b['opt']} lr "
@@ -265,11 +273,13 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
         ratio = "–" if r["ratio_train_img_s"] is None else f"{r['ratio_train_img_s']:.2f}"
         lines.append(f"| {r['label']} | {r['params'] / 1e6:.3f}M | {100 * r['test_acc_mean']:.2f}{spread}"
                      f"%{note} | {100 * r['best_acc_mean']:.2f}% | "
-                     f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | {ratio} | {r['train_seconds']:.0f} |")
+                     f"{100 * r['train_acc_mean']:.2f}% | {r['train_img_s']:.1f} | {ratio} | "
+                     f"{r['train_seconds']:.0f} |")
     lines += ["", f"Ratios are to {results['reference']}. Train img/s is each run's own speed in wall time "
-              "(a run that shared the machine or was paused reads slower): a record, not a throughput comparison, which is "
-              "`pnnh bench` (entries interleaved in one process). Means and spreads are over the seeds that finished: "
-              "a run that diverged (its loss or gradient became NaN/inf) has no accuracy and is listed as such. "
+              "(a run that shared the machine or was paused reads slower): a record, not a throughput comparison, "
+              "which is `pnnh bench` (entries interleaved in one process). Means and spreads are over the seeds that "
+              "finished: a run that diverged (its loss or gradient became NaN/inf) has no accuracy and is listed as "
+              "such. "
               "Per-seed final test accuracies:", ""]
     lines += [f"- {r['label']}: " + ", ".join(f"{100 * a:.2f}%" if a is not None else
                                              f"diverged (seed {s}, {r['diverged'][str(s)]})"
@@ -283,7 +293,6 @@ def write_report(out: Path, results: dict, runs: dict, probes: list[dict] | None
               + ".", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v) + "."]
     if probes:
-        from .analysis.probe import spread_cell
         lines += ["", f"## The probe at the end of training (seed {probes[0]['seed']}, {PROBE_IMAGES} test images)",
                   "", "| entry | CKA with the input, first / middle / last layer | R^2, first / middle / last | "
                   "noise floor (CKA, R^2) | spread across positions, first / middle / last |", "|---|---|---|---|---|"]

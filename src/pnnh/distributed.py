@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -108,3 +110,12 @@ def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
         else:
             convert_sync_batchnorm(child, device_type)
     return model
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``pnnh train --nproc N ...`` as ``torchrun --standalone --nproc_per_node=N -m pnnh train ...``
+    (``argv``: the command line after ``pnnh``; its ``--nproc N`` / ``--nproc=N`` is dropped)."""
+    rest = [a for i, a in enumerate(argv) if a != "--nproc" and not a.startswith("--nproc=")
+            and (i == 0 or argv[i - 1] != "--nproc")]
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={nproc}", "-m", "pnnh", *rest])

@@ -13,14 +13,17 @@ model, which has no plain form, is written as it is. Files in the output folder:
 """
 from __future__ import annotations
 
+import io
+import warnings
 from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model, save_weights
+from .checkpoint import save_weights
 from .convert import chain_spec, to_plain
 from .errors import PnnhError
-from .io import make_dir, write_json
+from .hub import load_model
+from .io import make_dir, write_atomic, write_json
 from .progress import log
 
 FORMATS = ("safetensors", "pt2", "onnx")
@@ -37,18 +40,20 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
     Parity: each form's outputs on ``batch_size`` Gaussian inputs (of the model's input size) against
     the original model's, as max |difference| / max |output|; ``passed`` is whether all are <= tolerance.
     """
+    if not tolerance > 0 or batch_size < 1:
+        raise PnnhError("--tolerance must be positive and --batch-size at least 1")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise PnnhError(f"unknown export format(s) {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
     model = load_model(checkpoint)
-    config = model.pretrained_cfg
+    model_config = model.model_config
     out = make_dir(Path(out))
-    plain = config["kind"] != "residual"
+    plain = model_config["kind"] != "residual"
     deploy = to_plain(model) if plain else model
-    x = torch.randn(batch_size, *config["input_size"], generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(batch_size, *model_config["input_size"], generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = model(x)
-    report = {"checkpoint": str(checkpoint), "model_config": config, "plain_form": plain,
+    report = {"checkpoint": str(checkpoint), "model_config": model_config, "plain_form": plain,
               "params_original": sum(p.numel() for p in model.parameters()),
               "params_exported": sum(p.numel() for p in deploy.parameters()), "tolerance": tolerance,
               "files": {}, "parity": {}}
@@ -57,7 +62,7 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
     if "safetensors" in formats:
         path = out / "model.safetensors"
         save_weights(path, deploy.state_dict(),
-                     {"model_config": config, "plain_layers": chain_spec(deploy) if plain else None})
+                     {"model_config": model_config, "plain_layers": chain_spec(deploy) if plain else None})
         with torch.no_grad():
             report["parity"]["safetensors"] = relative_error(load_model(path)(x), expected)
         report["files"]["safetensors"] = path.name
@@ -67,7 +72,8 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
         try:
             program = torch.export.export(deploy, (x,), dynamic_shapes=({0: batch},))
         except Exception as e:  # noqa: BLE001 -- torch.export raises many types; say which step failed
-            raise PnnhError(f"torch.export failed on {config['name']} ({type(e).__name__}: {str(e)[:200]})") from None
+            raise PnnhError(f"torch.export failed on {model_config['name']} ({type(e).__name__}: "
+                            f"{str(e)[:200]})") from None
         torch.export.save(program, path)
         loaded = torch.export.load(path).module()
         with torch.no_grad():
@@ -78,7 +84,7 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
         report["files"]["onnx"] = "model.onnx"
     report["passed"] = all(v <= tolerance for v in report["parity"].values())
     write_json(out / "export.json", report)
-    log.info(f"exported {config['name']} ({config['kind']}{', plain form' if plain else ''}) to {out}: "
+    log.info(f"exported {model_config['name']} ({model_config['kind']}{', plain form' if plain else ''}) to {out}: "
              + ", ".join(f"{k} parity {v:.2e}" for k, v in report["parity"].items()))
     return report
 
@@ -89,11 +95,6 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor
     except ImportError:
         raise PnnhError("ONNX export needs the export extra: pip install 'pnnh[export]' "
                         "(or leave onnx out: --formats safetensors,pt2)") from None
-    import io
-    import warnings
-
-    from .io import write_atomic
-
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -106,3 +107,14 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": x[:5].numpy()})[0]
     return relative_error(torch.from_numpy(got), expected[:5])
+
+
+def format_export(report: dict, out: str | Path) -> str:
+    """The export report as text: each form's parity against its tolerance, and the parameter counts."""
+    tolerance = report["tolerance"]
+    lines = [f"{name:<12} max |difference| / max |output| = {err:.2e}  "
+             f"({'ok' if err <= tolerance else 'FAILED'}, tolerance {tolerance:g})"
+             for name, err in report["parity"].items()]
+    lines.append(f"parameters: {report['params_original']:,} -> {report['params_exported']:,}"
+                 f"{' (plain form)' if report['plain_form'] else ''}; files in {out}")
+    return "\n".join(lines)

@@ -12,7 +12,9 @@ run folder's at the run's next start, a data cache's once it is an hour old.
 """
 from __future__ import annotations
 
+import csv
 import errno
+import io
 import json
 import math
 import os
@@ -109,9 +111,6 @@ def write_json(path: str | Path, obj) -> None:
 
 def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
     """Rows as CSV; columns ``fieldnames``, or every key in order of first use (rows may lack some: blank)."""
-    import csv
-    import io
-
     buf = io.StringIO()
     if rows or fieldnames:
         writer = csv.DictWriter(buf, fieldnames=fieldnames or list(dict.fromkeys(k for row in rows for k in row)))
@@ -122,9 +121,20 @@ def write_csv(path: str | Path, rows: list[dict], fieldnames: list[str] | None =
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     """A matplotlib figure as PNG, written atomically."""
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     write_atomic(path, buf.getvalue())
     return Path(path)
+
+
+def read_yaml(path: str | Path):
+    """A YAML file's contents (``yaml.safe_load``: no objects, no code), or a one-line error."""
+    try:
+        import yaml  # optional: the yaml extra
+    except ImportError:
+        raise PnnhError(f"reading {path} needs PyYAML: pip install 'pnnh[yaml]'") from None
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise PnnhError(f"cannot read config {path}: {' '.join(str(e).split())[:200]}") from None

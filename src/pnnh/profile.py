@@ -5,6 +5,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import PnnhError
+from .models import KINDS, create_model, list_models, model_family
+from .progress import bar
+
 
 def count_params(model: nn.Module) -> int:
     """Learned parameters (shared ones once; a frozen coder's buffer is not a parameter)."""
@@ -25,10 +29,33 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
 
 def model_summary(name: str, kind: str, **kwargs) -> dict:
     """{"model", "kind", "params", "macs", "input_size"} of a registered model, built on the meta device."""
-    from .models import create_model
-
     with torch.device("meta"):
         model = create_model(name, kind=kind, **kwargs)
     input_size = tuple(model.default_cfg["input_size"])
     return {"model": name, "kind": kind, "params": count_params(model),
             "macs": count_macs(model, input_size), "input_size": list(input_size)}
+
+
+def model_table(pattern: str | None = None) -> list[dict]:
+    """``pnnh models``: every registered model (matching ``pattern``) with its parameters and MACs per kind."""
+    names = list_models(pattern)
+    if not names:
+        raise PnnhError(f"no model matches {pattern!r}; try `pnnh models` for the full list")
+    rows = []
+    for name in bar(names, desc="models", unit="model"):
+        per_kind = {kind: model_summary(name, kind) for kind in KINDS}
+        rows.append({"model": name, "family": model_family(name), "kinds": list(KINDS),
+                     "input_size": per_kind["residual"]["input_size"],
+                     "params": {k: s["params"] for k, s in per_kind.items()},
+                     "macs": {k: s["macs"] for k, s in per_kind.items()}})
+    return rows
+
+
+def format_model_table(rows: list[dict]) -> str:
+    lines = [f"{'model':<13} {'family':<13} {'input':<11} " + " ".join(
+        f"{k + ' params':>15} {k + ' GMACs':>14}" for k in KINDS)]
+    for r in rows:
+        size = "x".join(str(s) for s in r["input_size"])
+        cells = " ".join(f"{r['params'][k] / 1e6:>14.3f}M {r['macs'][k] / 1e9:>14.3f}" for k in KINDS)
+        lines.append(f"{r['model']:<13} {r['family']:<13} {size:<11} {cells}")
+    return "\n".join(lines)

@@ -53,14 +53,14 @@ class DISTS(nn.Module):
         self.register_buffer("std", torch.tensor(std)[None, :, None, None])
 
     @classmethod
-    def from_vgg16(cls, path: str | Path) -> "DISTS":
+    def from_vgg16(cls, path: str | Path) -> DISTS:
         """VGG16 in torchvision's layout (``features.N.weight``), optionally with DISTS's ``alpha``/``beta``."""
         path = Path(path)
         if not path.is_file():
             raise PnnhError(f"--dists-weights {path} does not exist: give a VGG16 state dict (torchvision layout)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- torch.load raises many types on a damaged or unsafe file
             raise PnnhError(f"cannot load DISTS weights {path}: {str(e).splitlines()[0][:200]}") from None
         stages, channels, index, in_ch = [], [], 0, 3
         for spec in VGG16_STAGES:

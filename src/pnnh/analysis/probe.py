@@ -8,13 +8,23 @@ noise" is a measured statement.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..data.loader import channel_stats, normalised
+from ..entries import Entry
 from ..errors import PnnhError
+from ..hub import create_model, model_from_checkpoint
+from ..io import make_dir, write_csv, write_json
+from ..progress import bar, log
 from .dists import DISTS, feature_map_image
 from .metrics import effective_rank_gram, gram, linear_cka_gram, position_spread, ridge_r2_gram, survival
+from .plots import plot_probe
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
 METRICS = ("cka", "r2", "survival", "erank", "spread", "dists")
@@ -128,9 +138,6 @@ def load_probe_images(data: str, data_dir: str | None, num_images: int, seed: in
                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(images normalised with ``stats`` or their own, the same as RGB in [0, 1], number of classes):
     a fixed seeded subset of the test split."""
-    from ..data import load_dataset
-    from ..data.loader import channel_stats, normalised
-
     split = load_dataset(data, data_dir, "test", False, cache_dir)
     if not hasattr(split, "subset"):
         raise PnnhError("the probe reads in-memory data sets (CIFAR, MNIST family, small image folders)")
@@ -142,3 +149,61 @@ def load_probe_images(data: str, data_dir: str | None, num_images: int, seed: in
     raw = split.images.permute(0, 3, 1, 2).float() / 255
     rgb = raw if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
     return images, rgb, len(split.classes)
+
+
+def probe_entries(entries: list[Entry], checkpoint: str | None = None, data: str = "cifar10",
+                  data_dir: str | None = None, cache_dir: str | None = None, num_images: int = 256, seed: int = 0,
+                  dists_weights: str | None = None) -> list[dict]:
+    """``pnnh probe``: each entry at initialisation (seeded), or the trained model of ``checkpoint`` (then
+    ``entries`` must be empty), on ``num_images`` test images of ``data``; one result per model."""
+    loaded = load_checkpoint(checkpoint) if checkpoint else {}
+    model_config = loaded.get("model_config")
+    if checkpoint and not model_config:
+        raise PnnhError(f"{checkpoint} does not record its model (a bare state dict): probe a checkpoint "
+                        f"written by pnnh train")
+    stats = None
+    if model_config:  # normalised as in training; the entry only names the model
+        entries = [Entry(model_config["name"], model_config["kind"], dict(model_config.get("kwargs") or {}))]
+        stats = (model_config["mean"], model_config["std"]) if model_config["mean"] else None
+    images, rgb, num_classes = load_probe_images(data, data_dir, num_images, seed, stats, cache_dir)
+    dists = DISTS.from_vgg16(dists_weights) if dists_weights else None
+    runs = []
+    for entry in bar(entries, desc="probe", unit="model"):
+        torch.manual_seed(seed)
+        if model_config:
+            model = model_from_checkpoint(loaded, checkpoint)
+        else:
+            model = create_model(entry.model, kind=entry.kind, num_classes=num_classes, in_chans=images.shape[1],
+                                 **entry.kwargs)
+        log.info(f"probing {entry.label} on {len(images)} images")
+        result = probe(model, images, rgb, dists=dists, seed=seed, batch_stats=not loaded)
+        runs.append({"model": entry.model, "kind": entry.kind, "label": entry.label.split(":", 1)[1],
+                     "trained": bool(loaded), **result})
+    return runs
+
+
+def write_probe(runs: list[dict], out: Path) -> list[Path]:
+    """probe.json, probe.csv (a row per layer) and the PNG plots in ``out``; returns the plots written."""
+    make_dir(out)
+    write_json(out / "probe.json", runs if len(runs) > 1 else runs[0])
+    write_csv(out / "probe.csv", [{"model": run["model"], "kind": run["kind"], "label": run["label"], **row}
+                                  for run in runs for row in run["layers"]],
+              ["model", "kind", "label", "index", "name", "cka", "r2", "survival", "dead", "erank", "spread",
+               "dists"])
+    return plot_probe(runs, out)
+
+
+def format_probe(runs: list[dict]) -> str:
+    """The probe's results as a table per model, with its noise floor and notes."""
+    lines = []
+    for run in runs:
+        floor = run["noise_floor"]
+        lines.append(f"{run['model']} ({run['label']}): noise floor CKA {floor['cka']:.3f}, R^2 {floor['r2']:.3f}")
+        lines.append(f"  {'layer':<28} {'cka':>6} {'r2':>7} {'surv':>6} {'dead':>6} {'erank':>7} {'spread':>7} "
+                     f"{'dists':>6}")
+        for row in run["layers"]:
+            d = "-" if row.get("dists") is None else f"{row['dists']:.3f}"
+            lines.append(f"  {row['name']:<28} {row['cka']:>6.3f} {row['r2']:>7.3f} {row['survival']:>6.3f} "
+                         f"{row['dead']:>6.3f} {row['erank']:>7.2f} {spread_cell(row):>7} {d:>6}")
+        lines += [f"  note: {note}" for note in run["notes"]]
+    return "\n".join(lines)

@@ -13,7 +13,14 @@
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
+
+from ..errors import PnnhError
+from ..io import make_dir, write_json
+from .plots import plot_theory
 
 
 def _he(width: int, g: torch.Generator) -> torch.Tensor:
@@ -77,8 +84,8 @@ def proposition_3_1(width: int, depth: int, samples: int, mu: float, sigma: floa
         z = h @ _he(width, g).t()
         active = (z > 0).double().sum(1)  # rank of the layer's Jacobian diag(z > 0) W at each input
         h = torch.relu(z)
-        rows.append({"depth": d, "input_rank": input_rank, "output_rank": rank(h),
-                     "jacobian_rank_mean": float(active.mean()), "jacobian_rank_fraction": float(active.mean() / width)})
+        rows.append({"depth": d, "input_rank": input_rank, "output_rank": rank(h), "jacobian_rank_mean":
+                     float(active.mean()), "jacobian_rank_fraction": float(active.mean() / width)})
     return rows
 
 
@@ -86,9 +93,36 @@ def theory(width: int = 512, depth: int = 20, samples: int = 2048, mu: float = 1
            seed: int = 0) -> dict:
     """All three checks; ``mu``, ``sigma`` describe the input of Theorem 3.3 and Proposition 3.1
     (Theorem 3.2 is checked at mean 0, its own setting, and at ``mu`` against the exact variances)."""
+    if width < 2 or depth < 1 or samples < 8 or not sigma > 0 or not math.isfinite(mu) or not math.isfinite(sigma):
+        raise PnnhError("--width >= 2, --depth >= 1, --samples >= 8, a finite --mu and a finite --sigma > 0 "
+                        "are needed")
     g = torch.Generator().manual_seed(seed)
     return {"settings": {"width": width, "depth": depth, "samples": samples, "mu": mu, "sigma": sigma, "seed": seed},
             "theorem_3_2": theorem_3_2(width, samples, 0.0, sigma, g),
             "theorem_3_2_at_mu": theorem_3_2(width, samples, mu, sigma, g),
             "theorem_3_3": theorem_3_3(width, depth, samples, mu, sigma, g),
             "proposition_3_1": proposition_3_1(width, min(depth, 8), samples, mu, sigma, g)}
+
+
+def write_theory(result: dict, out: Path) -> Path:
+    """theory.json and theory.png in ``out``; returns the plot's path."""
+    make_dir(out)
+    write_json(out / "theory.json", result)
+    return plot_theory(result, out)
+
+
+def format_theory(result: dict) -> str:
+    """The three checks as text: measured against predicted."""
+    s = result["settings"]
+    lines = [f"Theorem 3.2 (width {s['width']}, zero-mean input, sigma {s['sigma']}):"]
+    for kind, r in result["theorem_3_2"].items():
+        lines.append(f"  {kind:<9} mean {r['mean']:+.4f} (theorem {r['predicted']['mean']:+.1f})  var/sigma^2 "
+                     f"{r['var_ratio']:.4f} (theorem {r['predicted']['var'] / s['sigma'] ** 2:.0f})")
+    lines.append(f"Theorem 3.3 (input mean {s['mu']}, sigma {s['sigma']}): surviving fraction vs bound by depth")
+    for row in result["theorem_3_3"]:
+        if row["depth"] in (1, 2, 5, 10, 20, s["depth"]):
+            lines.append(f"  {row['kind']:<9} depth {row['depth']:>3}: survival {row['survival']:.4f}  "
+                         f"bound {row['bound']:.4f}")
+    lines.append("Proposition 3.1 (plain): Jacobian rank / width by depth: " + ", ".join(
+        f"{r['jacobian_rank_fraction']:.3f}" for r in result["proposition_3_1"]))
+    return "\n".join(lines)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import TrainConfig
+from ..distributed import DistInfo
 from ..errors import PnnhError
 from ..io import remove_leftovers
 from ..progress import log
@@ -37,7 +39,7 @@ class ImageArrays:
         n, h, w, c = self.images.shape
         return c, h, w
 
-    def subset(self, n: int | None, seed: int) -> "ImageArrays":
+    def subset(self, n: int | None, seed: int) -> ImageArrays:
         """A fixed, seeded subset of ``n`` images (sorted, so reading stays sequential)."""
         if n is None or n >= len(self):
             return self
@@ -175,5 +177,36 @@ def _load_image_folder(path: Path, split: str, cache_dir: Path, image_size: int,
     return ImageArrays(torch.from_numpy(images.copy()), torch.from_numpy(labels), classes)
 
 
-__all__ = ["DATASETS", "ImageArrays", "StreamLoader", "StreamingFolder", "TensorLoader", "load_dataset",
-           "make_loader", "default_cache_dir"]
+def load_splits(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "test")) -> dict:
+    """The requested splits of cfg's data set, with cfg's seeded subsets applied."""
+    out = {}
+    for split in splits:
+        data = load_dataset(cfg.data, cfg.data_dir, split, cfg.download, cfg.cache_dir, cfg.image_size,
+                            cfg.image_pipeline)
+        n = cfg.train_subset if split == "train" else cfg.test_subset
+        if hasattr(data, "subset"):
+            data = data.subset(n, cfg.seed if split == "train" else 0)
+        elif n:
+            raise PnnhError("--train-subset/--test-subset apply to in-memory data sets, not streamed image folders")
+        out[split] = data
+    return out
+
+
+def make_loaders(cfg: TrainConfig, splits: dict, device: torch.device, dist_info: DistInfo,
+                 stats: tuple[list[float], list[float]] | None) -> dict:
+    """A loader per split; ``stats`` (mean, std) normalise every split as the training split was."""
+    mean, std = stats if stats else (None, None)
+    loaders = {}
+    for split, data in splits.items():
+        try:
+            loaders[split] = make_loader(data, cfg.batch_size, split == "train", device, seed=cfg.seed,
+                                         rank=dist_info.rank, world_size=dist_info.world_size, workers=cfg.workers,
+                                         channels_last=cfg.channels_last, crop_padding=cfg.crop_padding,
+                                         flip=cfg.flip, cutout=cfg.cutout, mean=mean, std=std)
+        except ValueError as e:
+            raise PnnhError(f"{e}: use a smaller --batch-size or a larger --train-subset") from None
+    return loaders
+
+
+__all__ = ["DATASETS", "ImageArrays", "StreamLoader", "StreamingFolder", "TensorLoader", "default_cache_dir",
+           "load_dataset", "load_splits", "make_loader", "make_loaders"]

@@ -10,8 +10,9 @@ sees exactly the batches an uninterrupted single-process run sees.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -148,7 +149,7 @@ class StreamLoader:
 
 
 def make_loader(data, batch_size: int, train: bool, device, seed: int = 0, rank: int = 0, world_size: int = 1,
-                workers: int = 4, channels_last: bool = True, crop_padding: int = 4, flip: bool = True,
+                workers: int = 4, channels_last: bool = False, crop_padding: int = 4, flip: bool = True,
                 cutout: int = 0, mean: list[float] | None = None, std: list[float] | None = None):
     """The loader that fits ``data``: TensorLoader for in-memory arrays, StreamLoader for a StreamingFolder."""
     if hasattr(data, "images"):
@@ -167,8 +168,6 @@ def mix_batch(x: torch.Tensor, mixup: float, cutmix: float, seed: tuple[int, ...
     The loss is lam * CE(y) + (1 - lam) * CE(y[partner]). Every draw comes from ``seed`` (the run's seed,
     epoch, step and rank), so a resumed or sharded run mixes exactly as an uninterrupted one.
     """
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     partner = torch.from_numpy(rng.permutation(len(x))).to(x.device)
     use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)

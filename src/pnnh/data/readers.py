@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import io
 import math
+import multiprocessing as mp
 import os
 import pickle
 import shutil
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PnnhError
-from ..progress import log
+from ..io import write_atomic
+from ..progress import bar, log
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
@@ -61,7 +63,7 @@ def warn_if_not_official(path: Path, md5: str | None) -> None:
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """CIFAR batches are pickles: allow the numpy array machinery and nothing else, so a hostile file cannot run code."""
+    """CIFAR batches are pickles: allow the numpy array machinery and nothing else (a hostile file cannot run code)."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
@@ -81,8 +83,8 @@ def _load_pickle(path: Path) -> dict:
             raise TypeError(f"a {type(obj).__name__}, not a dict")
         return obj
     except FileNotFoundError:
-        raise PnnhError(f"{path} is missing: point --data-dir at the folder that holds it, or pass --download") from None
-    except Exception as e:  # truncated, corrupt or hostile
+        raise PnnhError(f"{path} is missing: point --data-dir at the folder that holds it, or --download") from None
+    except Exception as e:  # noqa: BLE001 -- a truncated, corrupt or hostile pickle raises anything
         raise PnnhError(f"{path} is truncated or not a CIFAR batch ({type(e).__name__}); "
                         f"delete it and fetch the data set again (--download)") from None
 
@@ -114,7 +116,8 @@ def read_cifar(name: str, data_dir: Path, split: str) -> tuple[np.ndarray, np.nd
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             labels.append(batch_labels.astype(np.int64))
         except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise PnnhError(f"{root / file} is not a {name} batch ({e}); fetch the data set again (--download)") from None
+            raise PnnhError(f"{root / file} is not a {name} batch ({e}); fetch the data set again "
+                            f"(--download)") from None
     meta = _load_pickle(root / spec["meta"])
     try:
         classes = [c.decode() for c in meta[spec["names"]]]
@@ -253,7 +256,8 @@ def list_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
             if f.name.startswith("."):
                 continue
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise PnnhError(f"{f} is not an image file ({', '.join(IMAGE_EXTENSIONS)}): move it out of the data folder")
+                raise PnnhError(f"{f} is not an image file ({', '.join(IMAGE_EXTENSIONS)}): move it out of the "
+                                f"data folder")
             files.append(f)
             labels.append(label)
     if not files:
@@ -275,7 +279,8 @@ def decode_image(path: Path, size: tuple[int, int] | None = None, strict: bool =
                 img = img.resize(size, Image.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise PnnhError(f"cannot decode {path} ({' '.join(str(e).split())[:200]}): remove or replace the file") from None
+        detail = " ".join(str(e).split())[:200]
+        raise PnnhError(f"cannot decode {path} ({detail}): remove or replace the file") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -285,7 +290,8 @@ def image_size(path: Path) -> tuple[int, int]:
         with Image.open(path) as img:
             return img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise PnnhError(f"cannot decode {path} ({' '.join(str(e).split())[:200]}): remove or replace the file") from None
+        detail = " ".join(str(e).split())[:200]
+        raise PnnhError(f"cannot decode {path} ({detail}): remove or replace the file") from None
 
 
 def _decode_chunk(args: tuple[list[str], tuple[int, int], bool]) -> bytes | str:
@@ -299,9 +305,6 @@ def _decode_chunk(args: tuple[list[str], tuple[int, int], bool]) -> bytes | str:
 
 def decode_all(files: list[Path], size: tuple[int, int], workers: int = 2, strict: bool = False) -> np.ndarray:
     """Decode every file into one (N, H, W, 3) array, in worker processes, with a progress bar."""
-    import multiprocessing as mp
-
-    from ..progress import bar
 
     chunk = 500
     chunks = [([str(p) for p in files[i:i + chunk]], size, strict) for i in range(0, len(files), chunk)]
@@ -330,8 +333,6 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    from ..io import write_atomic
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_atomic(path, buf.getvalue())

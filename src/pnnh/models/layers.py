@@ -17,7 +17,7 @@ decode @ E (the tests check it against the literal plain chain).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

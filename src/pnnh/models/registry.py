@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+import sys
+from collections.abc import Callable
 
 import torch.nn as nn
 
@@ -21,8 +22,6 @@ _FAMILY_INFO: dict[str, dict] = {}
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Decorator: register ``fn(kind=..., **kwargs)`` under its function name; its module's FAMILY_INFO
     (a dict, see ``model_info``) states what the family supports."""
-    import sys
-
     family = fn.__module__.rsplit(".", 1)[-1]
     _MODELS[fn.__name__] = fn
     _FAMILY[fn.__name__] = family
@@ -66,41 +65,13 @@ def check_kind(kind: str) -> None:
         raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
 
-def create_model(name: str, kind: str = "residual", checkpoint_path: str | None = None, **kwargs) -> nn.Module:
-    """Build a registered model, e.g. ``create_model("resnet56", kind="pnnh", learner_ratio=0.5)``.
-
-    Keyword options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's
-    ``coder``/``coder_share``/``code_ratio``, ...) go to the family's constructor.
-    ``checkpoint_path``: load these weights (a run's last.pt or best.safetensors) into it, as timm does;
-    ``pnnh.load_model(path)`` instead rebuilds the model a checkpoint records.
-    """
+def create_model(name: str, kind: str = "residual", **kwargs) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("resnet56", kind="pnnh", learner_ratio=0.5)``; keyword
+    options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's ``coder``/``coder_share``/
+    ``code_ratio``, ...) go to the family's constructor. ``pnnh.create_model`` also loads a checkpoint."""
     check_model_name(name)
     check_kind(kind)
     try:
-        model = _MODELS[name](kind=kind, **kwargs)
+        return _MODELS[name](kind=kind, **kwargs)
     except TypeError as e:  # an unknown keyword option
         raise PnnhError(f"bad option for {name}: {e}") from None
-    if checkpoint_path is not None:
-        from ..checkpoint import load_checkpoint, load_model_state
-
-        load_model_state(model, load_checkpoint(checkpoint_path)["model"], checkpoint_path)
-    return model
-
-
-def parse_kwargs(items: list[str]) -> dict:
-    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}; an item may
-    hold several, separated by commas as in ``--entries`` (``"coder=learned,coder_share=block"``)."""
-    out = {}
-    for item in (piece for item in items for piece in item.split(",") if piece):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise PnnhError(f"model option {item!r} is not key=value")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                pass
-        else:
-            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
-    return out

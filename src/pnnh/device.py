@@ -1,0 +1,71 @@
+"""Where training runs: the device, the CPU's model and bf16 units, and the precision it allows.
+
+``train``, ``evaluate`` and ``bench`` share these, so a benchmark and a run record the same hardware line.
+"""
+from __future__ import annotations
+
+import platform
+from contextlib import nullcontext
+
+import torch
+
+from .errors import PnnhError
+from .progress import log
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PnnhError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PnnhError("--device cuda given but no CUDA device is available; use --device cpu")
+    return device
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def hardware(device: torch.device, world_size: int = 1) -> str:
+    """Where an epoch ran, as its metrics row records it: the CPU model and torch threads, or the GPU."""
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        where = (f"{cpu_name()}{' (AMX)' if 'amx_bf16' in cpu_flags() else ''}, {threads} torch "
+                 f"thread{'s' if threads > 1 else ''}")
+    else:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return where if world_size == 1 else f"{world_size} processes x {where}"
+
+
+def check_amp(device: torch.device, amp: str) -> None:
+    """Refuse fp16 on a CPU (emulated); warn about bf16 on a CPU without bf16 units (emulated, ~10x slower)."""
+    if device.type != "cpu":
+        return
+    if amp == "fp16":
+        raise PnnhError("--amp fp16 on a CPU is emulated (about 25x slower than float32): use --amp bf16 on a CPU "
+                        "with AMX or AVX512-BF16 units, or --amp none")
+    if amp == "bf16" and not cpu_flags() & {"amx_bf16", "avx512_bf16"}:
+        log.warning("warning: this CPU has no bf16 units (no amx_bf16 or avx512_bf16 in /proc/cpuinfo): --amp bf16 "
+                    "is emulated here and runs several times slower than float32 (--amp none)")
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

@@ -1,0 +1,118 @@
+"""Entries: what ``compare``, ``bench`` and ``probe`` take as ``--entries model:kind[:key=value,...]``,
+and the ``key=value`` model options of ``--model-kwargs``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import PnnhError
+from .models.registry import check_kind
+
+
+def parse_kwargs(items: list[str] | dict) -> dict:
+    """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}; an item may
+    hold several, separated by commas as in ``--entries`` (``"coder=learned,coder_share=block"``). A mapping
+    (a --config file's ``model_kwargs:``) is read as its ``key=value`` items."""
+    if isinstance(items, dict):
+        items = [f"{k}={v}" for k, v in items.items()]
+    if not (isinstance(items, list) and all(isinstance(item, str) for item in items)):
+        raise PnnhError(f"model options must be key=value words or a mapping of option: value, got {items!r:.100}")
+    out: dict = {}
+    for item in (piece for words in items for piece in words.split(",") if piece):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PnnhError(f"model option {item!r} is not key=value")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                pass
+        else:
+            out[key] = {"true": True, "false": False, "none": None}.get(value.lower(), value)
+    return out
+
+
+@dataclass
+class Entry:
+    """One model to compare: ``model:kind[:key=value,key=value]``, e.g. ``resnet56:pnnh:learner_ratio=0.5``."""
+    model: str
+    kind: str
+    kwargs: dict = field(default_factory=dict)
+    plain_form: bool = False  # bench only: the model rewritten by to_plain (inference only)
+
+    @property
+    def variant(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.kwargs.items())) or "default"
+
+    @property
+    def label(self) -> str:
+        return (f"{self.model}:{self.kind}" + (f":{self.variant}" if self.kwargs else "")
+                + (":plain_form" if self.plain_form else ""))
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(":", "-").replace(",", "-").replace("=", "")
+
+    @classmethod
+    def parse(cls, text: str) -> Entry:
+        parts = text.strip().split(":")
+        plain_form = parts[-1] == "plain_form"
+        if plain_form:
+            parts = parts[:-1]
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
+        check_kind(parts[1])
+        if plain_form and parts[1] == "residual":
+            raise PnnhError(f"entry {text!r}: a residual model has no plain form; use the plain or pnnh kind")
+        kwargs = parse_kwargs([kv for kv in ":".join(parts[2:]).split(",") if kv]) if len(parts) > 2 else {}
+        return cls(parts[0], parts[1], kwargs, plain_form)
+
+
+def parse_entries(text: str) -> list[Entry]:
+    """``"resnet56:residual,resnet56:pnnh:learner_ratio=0.5,code_ratio=0.5"``: commas separate entries,
+    and key=value pieces without a colon belong to the entry before them."""
+    pieces, current = [], None
+    for token in text.split(","):
+        token = token.strip()
+        if not token:
+            continue
+        if "=" in token and ":" not in token and current is not None:
+            current += "," + token
+        else:
+            if current is not None:
+                pieces.append(current)
+            current = token
+    if current is not None:
+        pieces.append(current)
+    entries = [Entry.parse(p) for p in pieces]
+    if not entries:
+        raise PnnhError("no entries given: --entries resnet56:residual,resnet56:pnnh")
+    return entries
+
+
+def entries_from_options(entries: str | None, model: str | None, kinds: str | None,
+                         model_kwargs: list[str] | None) -> list[Entry]:
+    """The entries of ``compare`` and ``probe``: ``entries`` (``model:kind[:key=value,...]``, comma-separated),
+    or else ``model`` in each of ``kinds`` (comma-separated; default residual) with ``model_kwargs``."""
+    if entries:
+        if model or kinds or model_kwargs:
+            raise PnnhError("--entries names each model, kind and option: drop --model, --kind, --kinds and "
+                            "--model-kwargs")
+        return parse_entries(entries)
+    if not model:
+        raise PnnhError("--model is needed (or --entries, or --checkpoint of a trained run)")
+    names = [k.strip() for k in (kinds or "residual").split(",") if k.strip()]
+    for k in names:
+        check_kind(k)
+    return [Entry(model, k, parse_kwargs(model_kwargs or [])) for k in names]
+
+
+def parse_seeds(text: str, first: int = 0) -> list[int]:
+    """``--seeds``: a count from ``first`` ("3": first, first+1, first+2) or a list ("0,1,2")."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(first, first + int(text)))
+    except ValueError:
+        raise PnnhError(f"--seeds {text!r} is neither a count (3) nor a list (0,1,2)") from None
+    if not seeds:
+        raise PnnhError("--seeds needs a count (3) or a list (0,1,2)")
+    return seeds

@@ -1,0 +1,87 @@
+"""Evaluation: top-1, top-5 and loss of a model over a loader, and of a checkpoint on a data set."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import distributed
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .data import load_splits, make_loaders
+from .data.loader import channel_stats
+from .device import autocast, resolve_device
+from .distributed import DistInfo
+from .errors import PnnhError
+from .hub import create_model, load_model_state, model_from_checkpoint
+from .progress import bar
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", desc: str = "eval") -> dict:
+    """Top-1, top-5 and mean loss over the loader (summed over processes), and images per second.
+
+    Sums stay on the device until the end: one host sync per evaluation, not one per batch."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
+    count = 0
+    start = time.perf_counter()
+    for x, y in bar(loader.batches(0), total=len(loader), desc=desc, unit="batch"):
+        with autocast(device, amp):
+            logits = model(x)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
+                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+        count += len(y)
+    loss_sum, correct1, correct5, count = distributed.all_reduce_sum([*sums.tolist(), count], device)
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum / count, "top1": correct1 / count, "top5": correct5 / count, "images": int(count),
+            "img_per_s": count / seconds}
+
+
+def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | None = None, kind: str | None = None,
+                        model_kwargs: dict | None = None) -> dict:
+    """``pnnh eval``: the model of ``path`` on the test split of ``cfg``'s data (``cfg`` says the data, batch
+    size, device and precision). A pnnh checkpoint records its model (``model_name``/``kind``, if given,
+    are checked against it) and its normalisation; a bare state dict needs ``model_name`` (and ``kind``,
+    ``model_kwargs``) and is normalised with the training split's statistics."""
+    checkpoint = load_checkpoint(path)
+    model_config = checkpoint.get("model_config")
+    if model_config:
+        held = (model_config["name"], model_config["kind"])
+        if (model_name or held[0], kind or held[1]) != held:
+            raise PnnhError(f"checkpoint {path} holds {held[0]} ({held[1]}), not {model_name or held[0]} "
+                            f"({kind or held[1]}): drop --model/--kind or pass --model {held[0]} --kind {held[1]}")
+    if not model_config and not model_name:
+        raise PnnhError(f"{path} is a bare state dict: pass --model (and --kind, --model-kwargs) to say what it holds")
+    cfg = replace(cfg, model=model_config["name"] if model_config else model_name,
+                  kind=model_config["kind"] if model_config else kind or "residual")
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    stats = (model_config["mean"], model_config["std"]) if model_config and model_config["mean"] else None
+    splits = load_splits(cfg, ("test",) if stats or model_config else ("train", "test"))
+    if stats is None and "train" in splits and hasattr(splits["train"], "images"):
+        stats = channel_stats(splits.pop("train").images)
+    test_set = splits["test"]
+    if model_config:
+        if model_config["classes"] and len(model_config["classes"]) != len(test_set.classes):
+            raise PnnhError(f"{path} was trained on {len(model_config['classes'])} classes, the test split of "
+                            f"{cfg.data} has {len(test_set.classes)}: evaluate it on the data it was trained on")
+        model = model_from_checkpoint(checkpoint, path)
+    else:
+        model = create_model(cfg.model, kind=cfg.kind, num_classes=len(test_set.classes),
+                             in_chans=test_set.input_size[0], **(model_kwargs or {}))
+        load_model_state(model, checkpoint["model"], path)
+    loader = make_loaders(cfg, {"test": test_set}, device, DistInfo(), stats)["test"]
+    model.to(device)
+    result = evaluate(model, loader, device, cfg.amp)
+    return {**result, "model": cfg.model, "kind": cfg.kind, "checkpoint": str(path), "data": cfg.data}
+
+
+def format_eval(r: dict) -> str:
+    return (f"{r['model']} ({r['kind']}) on {r['data']}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "
+            f"loss {r['loss']:.4f}  {r['img_per_s']:,.0f} img/s  ({r['images']} images)")

@@ -1,0 +1,48 @@
+"""The optimiser and its learning-rate schedule, per optimiser step."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import TrainConfig
+
+
+def lr_factor(step: int, total: int, warmup: int, sched: str) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` of ``total``."""
+    if sched == "onecycle":  # linear up over the first 30% (or the warm-up), linear down to 0
+        peak = warmup or max(1, int(0.3 * total))
+        return (0.04 + 0.96 * step / peak) if step < peak else max(0.0, (total - step) / max(1, total - peak))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if sched == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if sched == "step":  # He et al.: divide by 10 at 50% and 75% of training
+        return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+    return 1.0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device):
+    """The optimiser (Nesterov SGD or AdamW; no weight decay on norms, biases and coders), its per-step
+    learning-rate schedule, and the fp16 gradient scaler (a no-op otherwise)."""
+    groups = param_groups(model, cfg.weight_decay)
+    optimizer: torch.optim.Optimizer
+    if cfg.opt == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.sched))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
+    return optimizer, scheduler, scaler
