@@ -1,7 +1,7 @@
 """The verdict on each of the paper's claims, decided by fixed rules from the measurements committed here.
 
-    python benchmarks/verdict.py           # prints the table; writes benchmarks/results/verdict.{md,json}, width.png
-    python benchmarks/verdict.py --readme  # also puts the verdict and the ViT runs in README.md, between markers
+    python benchmarks/verdict.py           # prints the table; writes results/verdict/verdict.{md,json}, width.png
+    python benchmarks/verdict.py --results # also writes the verdict and ViT tables into docs/results.md
 
 Inputs (each made by a command of this repository, named in the output):
 - the evidence matrix's finished runs, benchmarks/results/evidence/*/runs/* (benchmarks/evidence.sh);
@@ -14,8 +14,8 @@ Rules. Accuracy is the final test accuracy on the full test set, per seed; an en
 finished seeds to decide anything. A seed that diverged (its loss or gradient became NaN/inf: the run's
 diverged.json) ends with no usable model, so an entry with one cannot be on par with (and falls behind)
 a reference that trained every seed at the same recipe, however its other seeds did; its means are over
-the finished seeds, and the count of diverged ones is shown beside them. For a difference d = mean(A) - mean(B) with standard error
-se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
+the finished seeds, and the count of diverged ones is shown beside them. For a difference
+d = mean(A) - mean(B) with standard error se = sqrt(se_A^2 + se_B^2), and MARGIN = 1 point:
 - "A is on par with B"      holds if d - 2 se > -MARGIN, does not hold if d + 2 se < -MARGIN;
 - "A falls behind B"        holds if d + 2 se < -MARGIN, does not hold if d - 2 se > -MARGIN;
 anything else is undecided at this budget. A verdict that a 95% Welch t interval (d +- t se) would leave
@@ -36,15 +36,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from pnnh.compare import DIVERGED  # noqa: E402
-from pnnh.config import RESUME_SAFE, TrainConfig, config_differences  # noqa: E402
-from pnnh.entries import Entry  # noqa: E402
-from pnnh.errors import PnnhError  # noqa: E402
-from pnnh.io import save_figure, write_atomic, write_json  # noqa: E402  (one writer: atomic, strict JSON)
-from pnnh.train import read_metrics  # noqa: E402
+from pnnh.compare import DIVERGED
+from pnnh.config import RESUME_SAFE, TrainConfig, config_differences
+from pnnh.entries import Entry
+from pnnh.errors import PnnhError
+from pnnh.io import save_figure, write_atomic, write_json  # the one writer: atomic, strict JSON
+from pnnh.train import read_metrics
 
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_PAGE = ROOT / "docs" / "results.md"  # --results writes the tables between its markers
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
@@ -194,7 +194,8 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     c56, c110 = (contrast(g(f"resnet{d}:plain"), g(f"resnet{d}:residual"), "behind") for d in (56, 110))
     rows.append({"claim": "Plain nets fall behind residual nets with depth (the premise)",
                  "measured": f"plain - residual: depth 56 {fmt_c(c56)}, depth 110 {fmt_c(c110)} points; "
-                             + "; ".join(f"{k} {fmt(g(k))}" for d in (56, 110) for k in (f"resnet{d}:residual", f"resnet{d}:plain")),
+                             + "; ".join(f"{k} {fmt(g(k))}" for d in (56, 110)
+                                         for k in (f"resnet{d}:residual", f"resnet{d}:plain")),
                  "decided_by": "plain vs residual, same learner, same budget",
                  "verdict": worst(c56, c110), "why": f"56: {c56['why']}; 110: {c110['why']}"})
     # PNNH on par: the default coder is the residual function (calibration); the others are the evidence
@@ -212,14 +213,16 @@ def accuracy_claims(acc: dict[str, dict]) -> list[dict]:
     deciding = "does not hold" if verdict == "does not hold" else "holds"
     verdict += marked([c for _, c in evidence if c["verdict"] == deciding], every=deciding == "holds")
     rows.append({"claim": "A plain net with an internal path (PNNH) trains on par with the residual net",
-                 "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}" for k, c in evidence)
+                 "measured": "; ".join(f"{k.split(':pnnh:')[1]} at {k.split(':')[0][6:]}: {fmt_c(c)}"
+                                       for k, c in evidence)
                  + f" (pnnh - residual, points). Calibration, default coder (the residual function by "
                    f"construction): {fmt_c(calib[0])} at 56 ({calib[0]['verdict']} by the on-par rule), "
                    f"{fmt_c(calib[1])} at 110 ({calib[1]['verdict']})",
                  "decided_by": "pnnh variants whose code is not the identity (narrow or learned coders) vs residual",
                  "verdict": verdict,
                  "why": (f"on par: {', '.join(holding) or 'none'}; not: {', '.join(failing) or 'none'}; "
-                         f"{'the rest' if holding or failing else 'all'} undecided. The default coder's match is an A/A test, not evidence; "
+                         f"{'the rest' if holding or failing else 'all'} undecided. The default coder's match is "
+                         f"an A/A test, not evidence; "
                          + {"holds": "by the same rule that pair is on par at depth 56 (the rule can resolve parity)",
                             "does not hold": "yet by the same rule that pair is not on par at depth 56: a difference "
                                              "beyond the function (initialisation, rounding) or chance",
@@ -249,15 +252,18 @@ def parameter_verdict(thin_p: dict, thin_r: dict) -> tuple[str, str]:
     if thin_p["verdict"] == "holds" and thin_r["verdict"] == "holds":
         return "not PNNH's", "the thin residual net is on par with the full one too: the budget, not PNNH"
     if thin_p["verdict"] == "does not hold":
-        return "does not hold" + marked([thin_p]), "the thin PNNH net falls more than the margin behind the full residual net"
+        return ("does not hold" + marked([thin_p]),
+                "the thin PNNH net falls more than the margin behind the full residual net")
     if thin_p["verdict"] == "holds" and thin_r["verdict"] == "does not hold":
-        return "undecided", f"the thin PNNH net is on par and the thin residual net is not, but {same}: the noise of the comparison"
+        return "undecided", (f"the thin PNNH net is on par and the thin residual net is not, but {same}: the noise "
+                             f"of the comparison")
     return "undecided", f"thin pnnh: {thin_p['why']}; thin residual: {thin_r['why']}"
 
 
 # Pairs that compute one function by construction (the default coder: E^T E = I; at stage changes D E spans
 # what the residual projection P does, an orthogonal reparametrisation): their differences are the noise.
-CALIBRATIONS = [("resnet56:pnnh", "resnet56:residual"), ("resnet56:pnnh:learner_ratio=0.5", "resnet56:residual:learner_ratio=0.5"),
+CALIBRATIONS = [("resnet56:pnnh", "resnet56:residual"),
+                ("resnet56:pnnh:learner_ratio=0.5", "resnet56:residual:learner_ratio=0.5"),
                 ("resnet110:pnnh", "resnet110:residual")]
 
 
@@ -304,7 +310,8 @@ def probe_claim() -> dict:
     kept = gone is not None and runs["residual"]["layers"][gone]["cka"] > 10 * floor["residual"]
     return {"claim": "Dissipating inputs: a plain net's layers lose the input",
             "measured": "CKA with the input at layers " + "/".join(map(str, at)) + ": "
-                        + "; ".join(f"{k} " + " / ".join(f"{v:.2f}" for v in cka[k]) for k in ("residual", "plain", "pnnh"))
+                        + "; ".join(f"{k} " + " / ".join(f"{v:.2f}" for v in cka[k])
+                                    for k in ("residual", "plain", "pnnh"))
                         + f"; plain within 3x its noise floor ({floor['plain']:.3f}) from layer {gone}",
             "decided_by": "resnet56 at initialisation, 256 CIFAR-10 (JPEG q75 copy) test images, one seed, "
                           "`pnnh probe` (CKA and R^2; DISTS needs VGG16 weights, not available offline)",
@@ -321,7 +328,8 @@ def theory_claims() -> list[dict]:
     pm, rm = t["theorem_3_2_at_mu"]["plain"], t["theorem_3_2_at_mu"]["residual"]
     rows = [{"claim": "Theorem 3.2: pre-activation variance 2 sigma^2 (plain), 3 sigma^2 (residual)",
              "measured": f"zero-mean input: {p['var_ratio']:.3f} / {r['var_ratio']:.3f}; mean {s['mu']:g} input: "
-                         f"{pm['var_ratio']:.3f} / {rm['var_ratio']:.3f} (exact {pm['exact_var']:g} / {rm['exact_var']:g})",
+                         f"{pm['var_ratio']:.3f} / {rm['var_ratio']:.3f} "
+                         f"(exact {pm['exact_var']:g} / {rm['exact_var']:g})",
              "decided_by": f"Monte Carlo, He-normal, width {s['width']}, {s['samples']} samples (`pnnh theory`)",
              "verdict": "holds" if off < 0.02 else "does not hold",
              "why": f"within {100 * off:.1f}% for zero-mean inputs; for mean mu the variances are "
@@ -330,7 +338,8 @@ def theory_claims() -> list[dict]:
     plain = [x for x in t["theorem_3_3"] if x["kind"] == "plain"]
     above = all(x["survival"] >= x["bound"] for x in res)
     rows.append({"claim": "Theorem 3.3: a residual layer keeps a lower bound on surviving neurons; a plain one none",
-                 "measured": f"residual survival {min(x['survival'] for x in res):.2f}-{max(x['survival'] for x in res):.2f} "
+                 "measured": f"residual survival {min(x['survival'] for x in res):.2f}-"
+                             f"{max(x['survival'] for x in res):.2f} "
                              f"(Cantelli bound {min(x['bound'] for x in res):.2f}-{max(x['bound'] for x in res):.2f}); "
                              f"plain {min(x['survival'] for x in plain):.2f}-{max(x['survival'] for x in plain):.2f} "
                              f"over {len(res)} layers",
@@ -349,7 +358,8 @@ def throughput_claim() -> dict:
         return {**base, "measured": "not run", "verdict": "undecided", "why": f"{path.name} missing"}
     r = {e["label"]: e for e in json.loads(path.read_text())["entries"]}
     ratio = {k: v["train_img_s"] / r["resnet56:residual"]["train_img_s"] for k, v in r.items()}
-    thin = ratio.get("resnet56:pnnh:learner_ratio=0.5", float("nan")) / ratio.get("resnet56:residual:learner_ratio=0.5", float("nan"))
+    thin = (ratio.get("resnet56:pnnh:learner_ratio=0.5", float("nan"))
+            / ratio.get("resnet56:residual:learner_ratio=0.5", float("nan")))
     same = [k for k in ratio if ":pnnh" in k and "learner_ratio" not in k]
     lo, hi = min(ratio[k] for k in same), max(ratio[k] for k in same)
     fast_thin = ratio.get("resnet56:pnnh:learner_ratio=0.5", 0.0)
@@ -360,9 +370,11 @@ def throughput_claim() -> dict:
                         f"residual net gains as much (thin pnnh / thin residual {thin:.2f}x): the gain is the thinner "
                         f"learner's; at the same learner every pnnh variant trains at {lo:.2f}-{hi:.2f}x")
     else:
-        verdict, why = "does not hold", f"every pnnh variant trains at {lo:.2f}-{max(hi, fast_thin):.2f}x the residual net"
-    return {**base, "measured": "vs residual resnet56: " + ", ".join(f"{k.split(':', 1)[1]} {v:.2f}x"
-                                                                      for k, v in ratio.items() if k != "resnet56:residual")
+        verdict = "does not hold"
+        why = f"every pnnh variant trains at {lo:.2f}-{max(hi, fast_thin):.2f}x the residual net"
+    return {**base, "measured": "vs residual resnet56: "
+                                + ", ".join(f"{k.split(':', 1)[1]} {v:.2f}x" for k, v in ratio.items()
+                                            if k != "resnet56:residual")
                                 + f"; thin pnnh / thin residual {thin:.2f}x (batch 128, channels-last, 2 threads)",
             "verdict": verdict, "why": why + " (whether the thin nets keep the accuracy: the parameter row)"}
 
@@ -376,10 +388,13 @@ def transformer_claim(acc: dict[str, dict]) -> dict:
         return {**base, "measured": "not run", "verdict": "undecided", "why": "the ViT matrix has not run yet"}
     ev = {d: contrast(acc.get(f"vit_cifar_{d}:pnnh:code_ratio=0.5"), acc.get(f"vit_cifar_{d}:residual"), "on par")
           for d in (12, 24)}
-    cal = {d: contrast(acc.get(f"vit_cifar_{d}:pnnh"), acc.get(f"vit_cifar_{d}:residual"), "on par") for d in (12, 24)}
-    plain = {d: contrast(acc.get(f"vit_cifar_{d}:plain"), acc.get(f"vit_cifar_{d}:residual"), "behind") for d in (12, 24)}
+    cal = {d: contrast(acc.get(f"vit_cifar_{d}:pnnh"), acc.get(f"vit_cifar_{d}:residual"), "on par")
+           for d in (12, 24)}
+    plain = {d: contrast(acc.get(f"vit_cifar_{d}:plain"), acc.get(f"vit_cifar_{d}:residual"), "behind")
+             for d in (12, 24)}
     return {**base, "measured": "; ".join(f"depth {d}: residual {fmt(acc.get(f'vit_cifar_{d}:residual'))}, pnnh "
-                                          f"code_ratio=0.5 - residual {fmt_c(ev[d])}, plain - residual {fmt_c(plain[d])}, "
+                                          f"code_ratio=0.5 - residual {fmt_c(ev[d])}, "
+                                          f"plain - residual {fmt_c(plain[d])}, "
                                           f"default pnnh - residual (calibration) {fmt_c(cal[d])}" for d in (12, 24)),
             "verdict": worst(*ev.values()),
             "why": "; ".join(f"{d}: {c['why']}" for d, c in ev.items())
@@ -410,7 +425,8 @@ def width_plot(acc: dict[str, dict], out: Path) -> None:
         ref = acc.get(f"resnet{depth}:residual")
         if ref and ref["n"]:
             ax.axhline(ref["mean"], color=colour, linestyle="--", label=f"resnet{depth} residual")
-    ax.set(xscale="symlog", xlabel="code width / block width (code_ratio)", ylabel="final test accuracy (%), mean ± 2 SE",
+    ax.set(xscale="symlog", xlabel="code width / block width (code_ratio)",
+           ylabel="final test accuracy (%), mean ± 2 SE",
            title="How much of the input must cross each layer")
     ax.set_xticks([0, 0.0625, 0.25, 0.5, 1], ["0", "1/16", "1/4", "1/2", "1"])
     ax.legend(fontsize=8)
@@ -422,8 +438,9 @@ def describe_budget(b: dict) -> str:
     """One line naming every setting of a matrix's shared budget that changes what is learnt."""
     images = f"{b['train_subset']:,}" if b["train_subset"] else "all"
     parts = [f"{images} training images, {b['epochs']} epochs, batch {b['batch_size']}",
-             f"{b['opt']} lr {b['lr']:g} {b['sched']}" + (f", warm-up {b['warmup_epochs']:g} epoch" + "s" * (b["warmup_epochs"] != 1)
-                                                          if b["warmup_epochs"] else ""),
+             f"{b['opt']} lr {b['lr']:g} {b['sched']}"
+             + (f", warm-up {b['warmup_epochs']:g} epoch" + "s" * (b["warmup_epochs"] != 1)
+                if b["warmup_epochs"] else ""),
              f"label smoothing {b['label_smoothing']:g}", f"weight decay {b['weight_decay']:g}"]
     parts += [f"gradient clipping at norm {b['clip_grad']:g}"] if b["clip_grad"] else []
     parts += [f"mixup {b['mixup']:g}"] if b["mixup"] else []
@@ -447,7 +464,8 @@ def between_markers(text: str, name: str, lines: list[str]) -> str:
     """text with the lines between its <!-- name: made by benchmarks/verdict.py --> and <!-- /name --> markers."""
     start, end = f"<!-- {name}: made by benchmarks/verdict.py -->", f"<!-- /{name} -->"
     if start not in text or end not in text:
-        sys.exit(f"verdict: README.md has no {start} ... {end} markers to put the table between")
+        sys.exit(f"verdict: {RESULTS_PAGE.relative_to(ROOT)} has no {start} ... {end} markers to put the table "
+                 f"between")
     head, rest = text.split(start, 1)
     return head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1]
 
@@ -461,9 +479,10 @@ def main() -> None:
     lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
     done, failed = sum(v["n"] for v in acc.values()), sum(v["diverged"] for v in acc.values())
+    decided = [k for k, v in sorted(acc.items()) if v["n"] + v["diverged"] >= SEEDS_NEEDED]
     lines += ["", f"Evidence matrix: {done} trainings finished" + (f", {failed} diverged" if failed else "")
                   + f"; entries with {SEEDS_NEEDED} seeds or more run: "
-                  f"{', '.join(k for k, v in sorted(acc.items()) if v['n'] + v['diverged'] >= SEEDS_NEEDED) or 'none yet'}. "
+                  f"{', '.join(decided) or 'none yet'}. "
                   "Differences are in points of test accuracy, ± 2 standard errors.", "", calibration_line(acc)]
     vit_table = runs_table(acc_vit, budget_vit, "JOBS=2 bash benchmarks/evidence.sh vit12 vit24")
     text = "\n".join(["# The paper's claims, decided", "",
@@ -472,14 +491,17 @@ def main() -> None:
                       *lines, "", "## The evidence matrix's finished runs", "",
                       *runs_table(acc, budget, "JOBS=2 bash benchmarks/evidence.sh"), "",
                       "## The ViT matrix's finished runs", "", *vit_table, ""])
-    write_atomic(RESULTS / "verdict.md", text)
-    write_json(RESULTS / "verdict.json", {"rules": {"margin_points": MARGIN, "seeds_needed": SEEDS_NEEDED},
+    write_atomic(RESULTS / "verdict" / "verdict.md", text)
+    write_json(RESULTS / "verdict" / "verdict.json", {"rules": {"margin_points": MARGIN, "seeds_needed": SEEDS_NEEDED},
                                           "claims": rows, "entries": acc, "budget": budget,
                                           "vit_entries": acc_vit, "vit_budget": budget_vit})
     width_plot(acc, RESULTS / "evidence" / "width.png")
     if "--readme" in sys.argv[1:]:
-        readme = between_markers((ROOT / "README.md").read_text(), "verdict", lines)
-        write_atomic(ROOT / "README.md", between_markers(readme, "vit", vit_table))
+        sys.exit("verdict: --readme was removed: the README is written by people; --results writes the tables "
+                 "into docs/results.md")
+    if "--results" in sys.argv[1:]:
+        page = between_markers(RESULTS_PAGE.read_text(), "verdict", lines)
+        write_atomic(RESULTS_PAGE, between_markers(page, "vit", vit_table))
     print(text)
 
 

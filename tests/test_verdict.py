@@ -88,7 +88,8 @@ def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) ->
     assert "| resnet56:residual | 60.00 ± 0.00% (2 seeds) | 60.00, 60.00 |" in table
     assert verdict.runs_table({}, None, "bash x.sh") == ["No run has finished yet. Command: `bash x.sh`."]
     marked = "a\n<!-- vit: made by benchmarks/verdict.py -->\nold\n<!-- /vit -->\nz"
-    assert verdict.between_markers(marked, "vit", ["new"]) == "a\n<!-- vit: made by benchmarks/verdict.py -->\nnew\n<!-- /vit -->\nz"
+    assert verdict.between_markers(marked, "vit", ["new"]) == \
+        "a\n<!-- vit: made by benchmarks/verdict.py -->\nnew\n<!-- /vit -->\nz"
     with pytest.raises(SystemExit, match="no <!-- verdict"):
         verdict.between_markers(marked, "verdict", ["new"])
     # a diverged seed (diverged.json, as compare writes it; metrics of the epochs before it, or none) is None
@@ -123,7 +124,8 @@ def test_a_diverged_seed_is_not_on_par() -> None:
     rows = verdict.accuracy_claims({"resnet56:residual": residual,
                                     "resnet56:pnnh:coder=learned,coder_share=stage": learned})
     assert "not: resnet56:pnnh:coder=learned,coder_share=stage" in rows[1]["why"]
-    assert "coder=learned,coder_share=stage at 56: +0.05 over the finished seeds (1 of 3 seeds diverged)" in rows[1]["measured"]
+    assert ("coder=learned,coder_share=stage at 56: +0.05 over the finished seeds (1 of 3 seeds diverged)"
+            in rows[1]["measured"])
 
 
 def test_pnnh_claim_fails_only_when_every_variant_has_failed() -> None:
