@@ -12,13 +12,11 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from pnnh import create_model  # noqa: E402
-from pnnh.entries import parse_entries  # noqa: E402
+from pnnh import create_model
+from pnnh.entries import parse_entries
 
 
 def relative_error(model: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:

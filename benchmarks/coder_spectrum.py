@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
+from pnnh.checkpoint import load_checkpoint
+from pnnh.config import TrainConfig
+from pnnh.io import write_atomic, write_json
+from pnnh.progress import log, setup_logging
+from pnnh.train import TrainingDiverged, TrainingInterrupted, train
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-from pnnh.checkpoint import load_checkpoint  # noqa: E402
-from pnnh.config import TrainConfig  # noqa: E402
-from pnnh.io import write_atomic, write_json  # noqa: E402
-from pnnh.progress import log, setup_logging  # noqa: E402
-from pnnh.train import TrainingDiverged, TrainingInterrupted, train  # noqa: E402
 
 # The recipe is the one stage d trained with, read from its recorded run config (one source: evidence.sh)
 STAGE_D = ROOT / "benchmarks" / "results" / "evidence" / "d_learned56" / "runs"
@@ -42,7 +42,7 @@ def stage_d_config(share: str, seed: int, data_dir: str, output: Path, every: in
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot read stage d's recorded recipe {path} ({e}): run "
-                         f"`bash benchmarks/evidence.sh d_learned56` first, or check out its committed runs")
+                         f"`bash benchmarks/evidence.sh d_learned56` first, or check out its committed runs") from None
     return replace(TrainConfig.from_dict(recorded), seed=seed, data_dir=data_dir, output=str(output),
                    stop_after_steps=every)
 

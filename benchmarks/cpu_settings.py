@@ -10,14 +10,12 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from pnnh.bench import bench  # noqa: E402
-from pnnh.device import cpu_flags, cpu_name  # noqa: E402
-from pnnh.entries import parse_entries  # noqa: E402
+from pnnh.bench import bench
+from pnnh.device import cpu_flags, cpu_name
+from pnnh.entries import parse_entries
 
 
 def main() -> None:
@@ -30,8 +28,10 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (float32, NCHW)")
     args = p.parse_args()
     entries = parse_entries(",".join(f"{args.model}:{k}" for k in args.kinds.split(",")))
-    settings = {"fp32": dict(amp="none", channels_last=False), "fp32_channels_last": dict(amp="none", channels_last=True),
-                "bf16": dict(amp="bf16", channels_last=False), "bf16_channels_last": dict(amp="bf16", channels_last=True)}
+    settings = {"fp32": dict(amp="none", channels_last=False),
+                "fp32_channels_last": dict(amp="none", channels_last=True),
+                "bf16": dict(amp="bf16", channels_last=False),
+                "bf16_channels_last": dict(amp="bf16", channels_last=True)}
     if args.compile:
         settings["fp32_compile"] = dict(amp="none", channels_last=False, compile=True)
     times: dict[str, dict[str, dict[str, list[float]]]] = {s: {} for s in settings}

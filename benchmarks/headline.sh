@@ -11,7 +11,7 @@ DATA=${PNNH_DATA_DIR:-../shared/data}/cifar10-jpeg
 PNNH=${PNNH:-.venv/bin/pnnh}
 COMMON=(--data imagefolder --data-dir "$DATA" --train-subset 2000 --test-subset 1000 --epochs 3
         --batch-size 64 --lr 0.1 --sched onecycle --weight-decay 5e-4 --seeds 3 --workers 0)
-"$PNNH" compare --model resnet20 --kinds residual,plain,pnnh "${COMMON[@]}" --output benchmarks/results/depth20
+"$PNNH" compare --model resnet20 --kinds residual,plain,pnnh "${COMMON[@]}" --output benchmarks/results/smoke/depth20
 "$PNNH" compare --entries resnet56:residual,resnet56:plain,resnet56:pnnh,resnet56:pnnh:learner_ratio=0.5 \
-    "${COMMON[@]}" --output benchmarks/results/depth56
-"$PNNH" compare --model resnet110 --kinds residual,plain,pnnh "${COMMON[@]}" --output benchmarks/results/depth110
+    "${COMMON[@]}" --output benchmarks/results/smoke/depth56
+"$PNNH" compare --model resnet110 --kinds residual,plain,pnnh "${COMMON[@]}" --output benchmarks/results/smoke/depth110

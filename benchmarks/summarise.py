@@ -1,4 +1,4 @@
-"""Print the README's headline table from the committed reports in benchmarks/results/*/results.json.
+"""Print the stale smoke benchmark's table (docs/results.md) from benchmarks/results/smoke/*/results.json.
 
     python benchmarks/summarise.py
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "smoke"
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The README's speed table from benchmarks/results/throughput/*.json: training / inference img/s ratios
+"""docs/results.md's speed table from benchmarks/results/throughput/*.json: training / inference img/s ratios
 to the residual kind (medians of interleaved rounds)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def main() -> None:
             rows = {r["label"].split(":", 1)[1]: r for r in json.loads(path.read_text())["entries"]}
             base = rows["residual"]
 
-            def cell(key: str) -> str:
+            def cell(key: str, rows: dict = rows) -> str:
                 r = rows[key]
                 return f"{r['ratio_train']:.2f}x / {r['ratio_infer']:.2f}x"
 

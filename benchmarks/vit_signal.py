@@ -20,13 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from pnnh import create_model  # noqa: E402
-from pnnh.data import load_dataset  # noqa: E402
-from pnnh.data.loader import channel_stats, normalised  # noqa: E402
-from pnnh.device import autocast  # noqa: E402
-from pnnh.entries import parse_entries  # noqa: E402
-from pnnh.optim import lr_factor, param_groups  # noqa: E402
+from pnnh import create_model
+from pnnh.data import load_dataset
+from pnnh.data.loader import channel_stats, normalised
+from pnnh.device import autocast
+from pnnh.entries import parse_entries
+from pnnh.optim import lr_factor, param_groups
 
 
 def images(data_dir: str, split: str, n: int, stats=None):
