@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 TIMM_VENV := .venv-timm
 TIMM_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: setup timm-setup data test demo soak clean
+.PHONY: setup timm-setup data lint test demo soak clean
 
 $(BIN)/pnnh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ data:
 	  fi; \
 	fi
 
-test: setup data timm-setup
+# Lint and types (configured in pyproject.toml): ruff for lint and import order, mypy on src/pnnh.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup data timm-setup lint
 	$(BIN)/python -m pytest -q
 	$(TIMM_VENV)/bin/python -m pytest -q tests/test_timm.py
 

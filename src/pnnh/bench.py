@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .convert import to_plain
-from .device import check_amp, hardware, resolve_device
+from .device import check_amp, hardware, resolve_device, to_channels_last
 from .entries import Entry
 from .errors import PnnhError
 from .models import create_model
@@ -20,13 +21,14 @@ from .progress import bar
 def _training_memory_mb(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
     """Bytes held at the peak of a CPU training step: parameters, gradients, optimiser state and the
     activations autograd saves for backward (counted with saved-tensor hooks; temporaries not included)."""
-    saved = {"bytes": 0, "seen": set()}
+    seen: set[tuple[int, torch.dtype]] = set()
+    saved = [0]  # bytes
 
     def pack(t: torch.Tensor):
         key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in saved["seen"]:
-            saved["seen"].add(key)
-            saved["bytes"] += t.untyped_storage().nbytes()
+        if key not in seen:
+            seen.add(key)
+            saved[0] += t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -37,7 +39,7 @@ def _training_memory_mb(model: nn.Module, opt: torch.optim.Optimizer, x: torch.T
     state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
                 if isinstance(t, torch.Tensor))
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return (saved["bytes"] + state + 2 * params) / 2**20
+    return (saved[0] + state + 2 * params) / 2**20
 
 
 def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input_size: int | None = None,
@@ -48,15 +50,16 @@ def bench(entries: list[Entry], device: str = "cpu", batch_size: int = 32, input
         raise PnnhError("--repeats, --steps and --batch-size must be at least 1")
     dev = resolve_device(device)
     check_amp(dev, amp)
-    built = []
+    built: list[dict[str, Any]] = []
     for e in entries:
         torch.manual_seed(0)
-        model = create_model(e.model, kind=e.kind, num_classes=num_classes, in_chans=in_chans, **e.kwargs).to(dev)
-        size = input_size or model.default_cfg["input_size"][1]
+        net = create_model(e.model, kind=e.kind, num_classes=num_classes, in_chans=in_chans, **e.kwargs).to(dev)
+        size: int = input_size or net.default_cfg["input_size"][1]
+        model: nn.Module = net
         if e.plain_form:
             model = to_plain(model.eval())
         if channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         x = torch.randn(batch_size, in_chans, size, size, device=dev)
         if channels_last:

@@ -29,7 +29,7 @@ def digest(obj) -> str:
         if isinstance(o, torch.Tensor):
             t = o.detach().cpu().contiguous().reshape(-1)
             h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
-            h.update(memoryview(t.view(torch.uint8).numpy()))
+            h.update(t.view(torch.uint8).numpy().data)
         elif isinstance(o, dict):
             h.update(b"{")
             for k in sorted(o, key=repr):

@@ -109,7 +109,7 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
     make_dir(out)
     plan = [(e, s) for e in entries for s in seeds]
     runs: dict[tuple[str, int], dict] = {}
-    models: dict[str, torch.nn.Module | None] = {}
+    trained: dict[str, torch.nn.Module] = {}  # seed 0's trained model of each entry, where last.pt is here
     started = time.time()
     for i, (entry, seed) in enumerate(bar(plan, desc="compare", unit="run", leave=True)):
         path = run_dir(out, entry, seed)
@@ -117,7 +117,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
                       output=str(path))
         found = existing_run(path, cfg, overwrite)
         done = found is not None and found["done"]
-        status = ("diverged before, skipped (delete its folder to train it again)" if done and found["diverged"]
+        diverged_before = found is not None and found["done"] and found["diverged"]
+        status = ("diverged before, skipped (delete its folder to train it again)" if diverged_before
                   else "done, skipped" if done else "resuming" if found is not None else "training")
         log.info(f"[{i + 1}/{len(plan)}] {entry.label} seed {seed}: {status}")
         if not done:
@@ -128,6 +129,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
                 log.warning(f"{entry.label} seed {seed} diverged at epoch {e.epoch}, step {e.step}: recorded in "
                             f"{path / DIVERGED} and reported; the comparison goes on")
             found = existing_run(path, cfg)
+        if found is None:
+            raise PnnhError(f"{path} holds no run after training it: delete the folder and run the compare again")
         weights = report and found["checkpoint"] is not None  # the trained weights are needed only to probe
         if weights:
             model = model_from_checkpoint(found["checkpoint"], path / "last.pt")
@@ -136,8 +139,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
                 model = build_model(found["model_config"])
         runs[(entry.label, seed)] = {"history": found["history"], "params": count_params(model),
                                      "diverged": found["diverged"]}
-        if seed == seeds[0]:
-            models[entry.label] = model if weights else None
+        if seed == seeds[0] and weights:
+            trained[entry.label] = model
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
     diverged = [f"{r['label']} seed {s}" for r in results["entries"] for s in r["diverged"]]
@@ -150,8 +153,8 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
         stale.unlink(missing_ok=True)
     probes = []
     probed = [e for e in entries if runs[(e.label, seeds[0])]["diverged"] is None]  # a diverged run has no model
-    if all(models[e.label] is not None for e in probed):
-        probes = probe_trained(probed, seeds[0], base, [models[e.label] for e in probed], out) if probed else []
+    if all(e.label in trained for e in probed):
+        probes = probe_trained(probed, seeds[0], base, [trained[e.label] for e in probed], out) if probed else []
     else:
         log.warning("no probe of the trained models: some runs are here as metrics only (no last.pt)")
     write_report(out, results, runs, probes)
@@ -166,9 +169,9 @@ def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: li
     """The probe (CKA, R^2, survival, effective rank, spread across positions) of each entry's trained
     seed-``seed`` model, on a fixed subset of test images; [] where the data set cannot be probed."""
     try:  # every run of one seed trained on the same subset, so shares its normalisation
-        cfg = models[0].model_config
-        images, _, _ = load_probe_images(base.data, base.data_dir, PROBE_IMAGES, 0,
-                                         (cfg["mean"], cfg["std"]) if cfg["mean"] else None, base.cache_dir)
+        model_config: dict = getattr(models[0], "model_config")  # noqa: B009 -- set by hub, not a declared attribute
+        stats = (model_config["mean"], model_config["std"]) if model_config["mean"] else None
+        images, _, _ = load_probe_images(base.data, base.data_dir, PROBE_IMAGES, 0, stats, base.cache_dir)
     except PnnhError as e:
         log.warning(f"no probe curves: {e}")
         return []
@@ -239,8 +242,8 @@ def _data_name(cfg: TrainConfig) -> str:
             }.get(cfg.data, f"{cfg.data} at {cfg.data_dir}")
 
 
-def _versions() -> dict:
-    out = {}
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
     for pkg in ("pnnh", "torch", "numpy", "matplotlib", "pillow"):
         try:
             out[pkg] = version(pkg)

@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from .errors import PnnhError
-from .models.layers import Block, ConvNet, ConvNormAct, bn_affine
-from .models.vit import Attention, VisionTransformer, attend
+from .models.layers import Block, ConvNet, ConvNormAct, TiedCoder, bn_affine
+from .models.vit import Attention, Mlp, VisionTransformer, ViTBlock, attend
 
 
 class TokenEmbed(nn.Module):
@@ -117,10 +117,10 @@ def _fold(layer: ConvNormAct) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _conv(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
-    conv = nn.Conv2d(weight.shape[1], weight.shape[0], like.kernel_size, like.stride, like.padding, bias=True,
-                     device=weight.device, dtype=weight.dtype)
-    conv.weight.copy_(weight)
-    conv.bias.copy_(bias)
+    """A conv with ``like``'s geometry (kernel, stride, padding) and the given weight and bias."""
+    conv = copy.deepcopy(like)
+    conv.in_channels, conv.out_channels = weight.shape[1], weight.shape[0]
+    conv.weight, conv.bias = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
     return conv
 
 
@@ -136,6 +136,8 @@ def _block_layers(block: Block) -> list[nn.Module]:
         k = 0
     layers: list[nn.Module] = []
     for i, layer in enumerate(convs):
+        if not isinstance(layer, ConvNormAct):
+            raise PnnhError(f"to_plain: a block's learner holds {type(layer).__name__}, not conv-norm-act layers")
         weight, bias = _fold(layer)
         if k:
             out_ch, in_ch, kh, kw = weight.shape
@@ -182,10 +184,14 @@ def _vit_to_plain(model: VisionTransformer) -> nn.Sequential:
                           "cls_token": model.cls_token, "pos_embed": model.pos_embed})
     layers: list[nn.Module] = [stem]
     for block in model.blocks:
-        for norm, coder, sublayer in ((block.norm1, block.coder1, block.attn), (block.norm2, block.coder2, block.mlp)):
+        if not isinstance(block, ViTBlock):
+            raise PnnhError(f"to_plain: a ViT's blocks must be ViTBlocks, not {type(block).__name__}")
+        sublayers: tuple[tuple[nn.Module, TiedCoder | None, Attention | Mlp], ...] = (
+            (block.norm1, block.coder1, block.attn), (block.norm2, block.coder2, block.mlp))
+        for norm, coder, sublayer in sublayers:
             encode = coder.encode_matrix() if coder is not None else None
             k = 0 if encode is None else encode.shape[0]
-            if k:  # [x, E x]: the learner's channels and the code
+            if encode is not None:  # [x, E x]: the learner's channels and the code
                 layers.append(_linear(torch.cat([torch.eye(d).to(encode), encode]), torch.zeros(d + k).to(encode)))
                 layers.append(_slice_norm(norm, d))
             else:
@@ -195,20 +201,21 @@ def _vit_to_plain(model: VisionTransformer) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-    layer.weight.copy_(weight)
-    layer.bias.copy_(bias)
+    layer.load_state_dict({"weight": weight, "bias": weight.new_zeros(weight.shape[0]) if bias is None else bias})
     return layer
 
 
-def _slice_norm(norm: nn.LayerNorm, d: int) -> SliceLayerNorm:
+def _slice_norm(norm: nn.Module, d: int) -> SliceLayerNorm:
+    if not isinstance(norm, nn.LayerNorm):
+        raise PnnhError(f"to_plain: a ViT's pnnh block needs LayerNorm, not {type(norm).__name__}")
     out = SliceLayerNorm(d, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
     out.load_state_dict(norm.state_dict())
     return out
 
 
-def _sublayer(sublayer: nn.Module, d: int, k: int, encode: torch.Tensor | None) -> list[nn.Module]:
+def _sublayer(sublayer: Attention | Mlp, d: int, k: int, encode: torch.Tensor | None) -> list[nn.Module]:
     """The attention or MLP sub-layer's linear maps, widened to carry a k-channel code u and decode it
     with E^T at the end (k = 0: the sub-layer as it is)."""
     first, last = (sublayer.qkv, sublayer.proj) if isinstance(sublayer, Attention) else (sublayer.fc1, sublayer.fc2)
@@ -220,7 +227,7 @@ def _sublayer(sublayer: nn.Module, d: int, k: int, encode: torch.Tensor | None) 
     up[:h, :d] = w1
     down = w2.new_zeros(d, w2.shape[1] + copies * k)
     down[:, :w2.shape[1]] = w2
-    if k:
+    if encode is not None:
         eye = torch.eye(k, dtype=w1.dtype, device=w1.device)
         up[h:h + k, d:] = eye
         down[:, w2.shape[1]:w2.shape[1] + k] = encode.t()
@@ -228,7 +235,7 @@ def _sublayer(sublayer: nn.Module, d: int, k: int, encode: torch.Tensor | None) 
             up[h + k:, d:] = -eye
             down[:, w2.shape[1] + k:] = -encode.t()
     bias_up = torch.cat([b1, b1.new_zeros(copies * k)]) if b1 is not None else w1.new_zeros(h + copies * k)
-    mix = CodeAttention(sublayer.num_heads, d) if not mirrored else copy.deepcopy(sublayer.act)
+    mix = CodeAttention(sublayer.num_heads, d) if isinstance(sublayer, Attention) else copy.deepcopy(sublayer.act)
     return [_linear(up, bias_up), mix, _linear(down, b2)]
 
 

@@ -8,6 +8,7 @@ import platform
 from contextlib import nullcontext
 
 import torch
+import torch.nn as nn
 
 from .errors import PnnhError
 from .progress import log
@@ -63,6 +64,11 @@ def check_amp(device: torch.device, amp: str) -> None:
     if amp == "bf16" and not cpu_flags() & {"amx_bf16", "avx512_bf16"}:
         log.warning("warning: this CPU has no bf16 units (no amx_bf16 or avx512_bf16 in /proc/cpuinfo): --amp bf16 "
                     "is emulated here and runs several times slower than float32 (--amp none)")
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """The model's 4-d weights in channels-last memory order (in place; returned for chaining)."""
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
 
 
 def autocast(device: torch.device, amp: str):

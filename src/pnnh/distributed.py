@@ -85,11 +85,13 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         mean = sums[:-1] / n
         centred = x - mean[None, :, None, None]
         var = _SumOverProcesses.apply(centred.square().sum((0, 2, 3))) / n
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            m = self.momentum if self.momentum is not None else 1 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(m * mean)
-            self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        if tracked is not None and running_mean is not None and running_var is not None:  # track_running_stats
+            with torch.no_grad():
+                tracked += 1
+                m = self.momentum if self.momentum is not None else 1 / float(tracked)
+                running_mean.mul_(1 - m).add_(m * mean)
+                running_var.mul_(1 - m).add_(m * var * n / (n - 1))
         scale = torch.rsqrt(var + self.eps)
         if self.weight is not None:
             scale = scale * self.weight
@@ -102,9 +104,9 @@ def convert_sync_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
+            like = next(t for t in child.state_dict().values() if t.is_floating_point())
             sync = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats, device=child.running_mean.device,
-                                    dtype=child.running_mean.dtype)
+                                    child.track_running_stats, device=like.device, dtype=like.dtype)
             sync.load_state_dict(child.state_dict())
             setattr(model, name, sync)
         else:

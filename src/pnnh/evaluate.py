@@ -28,7 +28,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
     Sums stay on the device until the end: one host sync per evaluation, not one per batch."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
-    count = 0
+    seen = 0
     start = time.perf_counter()
     for x, y in bar(loader.batches(0), total=len(loader), desc=desc, unit="batch"):
         with autocast(device, amp):
@@ -36,8 +36,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
                              (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
-        count += len(y)
-    loss_sum, correct1, correct5, count = distributed.all_reduce_sum([*sums.tolist(), count], device)
+        seen += len(y)
+    loss_sum, correct1, correct5, count = distributed.all_reduce_sum([*sums.tolist(), seen], device)
     seconds = time.perf_counter() - start
     return {"loss": loss_sum / count, "top1": correct1 / count, "top5": correct5 / count, "images": int(count),
             "img_per_s": count / seconds}
@@ -56,10 +56,10 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
         if (model_name or held[0], kind or held[1]) != held:
             raise PnnhError(f"checkpoint {path} holds {held[0]} ({held[1]}), not {model_name or held[0]} "
                             f"({kind or held[1]}): drop --model/--kind or pass --model {held[0]} --kind {held[1]}")
-    if not model_config and not model_name:
+    name = model_config["name"] if model_config else model_name
+    if name is None:
         raise PnnhError(f"{path} is a bare state dict: pass --model (and --kind, --model-kwargs) to say what it holds")
-    cfg = replace(cfg, model=model_config["name"] if model_config else model_name,
-                  kind=model_config["kind"] if model_config else kind or "residual")
+    cfg = replace(cfg, model=name, kind=model_config["kind"] if model_config else kind or "residual")
     cfg.validate()
     device = resolve_device(cfg.device)
     stats = (model_config["mean"], model_config["std"]) if model_config and model_config["mean"] else None

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_weights
+from .checkpoint import load_checkpoint, save_weights
 from .convert import chain_spec, to_plain
 from .errors import PnnhError
-from .hub import load_model
+from .hub import load_model, model_from_checkpoint
 from .io import make_dir, write_atomic, write_json
 from .progress import log
 
@@ -45,27 +45,31 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise PnnhError(f"unknown export format(s) {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
-    model = load_model(checkpoint)
-    model_config = model.model_config
+    loaded = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(loaded, checkpoint)
+    model_config: dict = loaded["model_config"]
     out = make_dir(Path(out))
     plain = model_config["kind"] != "residual"
-    deploy = to_plain(model) if plain else model
+    chain = to_plain(model) if plain else None
+    deploy = chain if chain is not None else model
     x = torch.randn(batch_size, *model_config["input_size"], generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         expected = model(x)
+    parity: dict[str, float] = {}
+    files: dict[str, str] = {}
     report = {"checkpoint": str(checkpoint), "model_config": model_config, "plain_form": plain,
               "params_original": sum(p.numel() for p in model.parameters()),
               "params_exported": sum(p.numel() for p in deploy.parameters()), "tolerance": tolerance,
-              "files": {}, "parity": {}}
+              "files": files, "parity": parity}
     with torch.no_grad():
-        report["parity"]["torch"] = relative_error(deploy(x), expected)
+        parity["torch"] = relative_error(deploy(x), expected)
     if "safetensors" in formats:
         path = out / "model.safetensors"
         save_weights(path, deploy.state_dict(),
-                     {"model_config": model_config, "plain_layers": chain_spec(deploy) if plain else None})
+                     {"model_config": model_config, "plain_layers": chain_spec(chain) if chain is not None else None})
         with torch.no_grad():
-            report["parity"]["safetensors"] = relative_error(load_model(path)(x), expected)
-        report["files"]["safetensors"] = path.name
+            parity["safetensors"] = relative_error(load_model(path)(x), expected)
+        files["safetensors"] = path.name
     if "pt2" in formats:
         path = out / "model.pt2"
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -75,17 +79,17 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
             raise PnnhError(f"torch.export failed on {model_config['name']} ({type(e).__name__}: "
                             f"{str(e)[:200]})") from None
         torch.export.save(program, path)
-        loaded = torch.export.load(path).module()
+        program_module = torch.export.load(path).module()
         with torch.no_grad():
-            report["parity"]["pt2"] = relative_error(loaded(x[:3]), expected[:3])
-        report["files"]["pt2"] = path.name
+            parity["pt2"] = relative_error(program_module(x[:3]), expected[:3])
+        files["pt2"] = path.name
     if "onnx" in formats:
-        report["parity"]["onnx"] = _export_onnx(deploy, x, expected, out / "model.onnx")
-        report["files"]["onnx"] = "model.onnx"
-    report["passed"] = all(v <= tolerance for v in report["parity"].values())
+        parity["onnx"] = _export_onnx(deploy, x, expected, out / "model.onnx")
+        files["onnx"] = "model.onnx"
+    report["passed"] = all(v <= tolerance for v in parity.values())
     write_json(out / "export.json", report)
     log.info(f"exported {model_config['name']} ({model_config['kind']}{', plain form' if plain else ''}) to {out}: "
-             + ", ".join(f"{k} parity {v:.2e}" for k, v in report["parity"].items()))
+             + ", ".join(f"{k} parity {v:.2e}" for k, v in parity.items()))
     return report
 
 
@@ -99,7 +103,8 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (x,), buf, input_names=["images"], output_names=["logits"],
+            torch.onnx.export(model, (x,), buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file
+                              input_names=["images"], output_names=["logits"],
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
         except Exception as e:  # noqa: BLE001
             raise PnnhError(f"ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None

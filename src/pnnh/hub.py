@@ -32,7 +32,7 @@ def model_config(name: str, kind: str, kwargs: dict, num_classes: int, input_siz
             "classes": None if classes is None else list(classes)}
 
 
-def build_model(model_config: dict) -> nn.Module:
+def build_model(model_config: dict) -> models.PnnhNet:
     """The model a build record describes, freshly initialised (on the current default device)."""
     kwargs = dict(model_config["kwargs"])
     if models.model_info(model_config["name"])["img_size_option"]:  # a ViT is built for its data's image size
@@ -41,7 +41,7 @@ def build_model(model_config: dict) -> nn.Module:
                                num_classes=model_config["num_classes"], in_chans=model_config["in_chans"], **kwargs)
 
 
-def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
+def load_model_state(model: nn.Module, state: dict, path: str | Path | None) -> None:
     """``model.load_state_dict(state)``, refused in one line (naming ``path``) when the weights do not fit."""
     try:
         model.load_state_dict(state)
@@ -52,7 +52,7 @@ def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
 
 
 def create_model(name: str, kind: str = "residual", checkpoint_path: str | Path | None = None,
-                 **kwargs) -> nn.Module:
+                 **kwargs) -> models.PnnhNet:
     """Build a registered model, e.g. ``create_model("resnet56", kind="pnnh", learner_ratio=0.5)``.
 
     Keyword options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's
@@ -74,7 +74,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
     return model_from_checkpoint(load_checkpoint(path), path, device)
 
 
-def model_from_checkpoint(checkpoint: dict, path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def model_from_checkpoint(checkpoint: dict, path: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
     """``load_model`` for a checkpoint already read with ``load_checkpoint``."""
     model_config = checkpoint.get("model_config")
     if model_config is None:

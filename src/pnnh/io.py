@@ -33,7 +33,7 @@ _DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def describe_os_error(e: OSError) -> str:
-    return _CAUSES.get(e.errno, e.strerror or type(e).__name__)
+    return _CAUSES.get(e.errno or 0, e.strerror or type(e).__name__)
 
 
 def make_dir(path: Path) -> Path:

@@ -25,15 +25,18 @@ def lr_factor(step: int, total: int, warmup: int, sched: str) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    no_weight_decay = getattr(model, "no_weight_decay", None)  # timm's convention: names to leave undecayed
+    skip = no_weight_decay() if callable(no_weight_decay) else set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device):
+def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
     """The optimiser (Nesterov SGD or AdamW; no weight decay on norms, biases and coders), its per-step
     learning-rate schedule, and the fp16 gradient scaler (a no-op otherwise)."""
     groups = param_groups(model, cfg.weight_decay)

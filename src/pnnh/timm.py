@@ -62,9 +62,9 @@ def _entrypoint(model: str, kind: str, cfg: dict):
         kwargs.setdefault("num_classes", cfg["num_classes"])
         net = create_model(model, kind=kind, **kwargs)
         if device is not None or dtype is not None:
-            net = net.to(device=device, dtype=dtype)
-        net.pretrained_cfg = net.default_cfg = {**cfg, "architecture": timm_name(model, kind),
-                                                "num_classes": net.num_classes}
+            net.to(device=device, dtype=dtype)
+        net.default_cfg = {**cfg, "architecture": timm_name(model, kind), "num_classes": net.num_classes}
+        setattr(net, "pretrained_cfg", net.default_cfg)  # noqa: B010 -- timm's own name, not one of pnnh's
         return net
 
     create.__name__ = timm_name(model, kind)

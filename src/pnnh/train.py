@@ -11,7 +11,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,7 @@ from .checkpoint import load_training_state, save_atomic, save_weights
 from .config import TrainConfig, resume_config
 from .data import load_splits, make_loaders
 from .data.loader import channel_stats, mix_batch
-from .device import autocast, check_amp, hardware, resolve_device
+from .device import autocast, check_amp, hardware, resolve_device, to_channels_last
 from .errors import PnnhError
 from .evaluate import evaluate
 from .io import dumps, make_dir, remove_leftovers, write_atomic, write_csv, write_json
@@ -215,8 +215,9 @@ def end_epoch(run: Run, forward: nn.Module, test_loader, sums: torch.Tensor, sec
     cfg, is_main = run.cfg, run.dist.is_main
     train_loss, train_correct, train_seen = distributed.all_reduce_sum(sums.tolist(), run.device)
     tested = (run.epoch + 1) % cfg.eval_every == 0 or run.epoch + 1 == cfg.epochs
-    result = (evaluate(forward, test_loader, run.device, cfg.amp, desc=f"eval {run.epoch + 1}/{cfg.epochs}")
-              if tested else {"loss": None, "top1": None, "top5": None})  # untested epochs: null
+    result: dict[str, Any] = {"loss": None, "top1": None, "top5": None}  # untested epochs: null
+    if tested:
+        result = evaluate(forward, test_loader, run.device, cfg.amp, desc=f"eval {run.epoch + 1}/{cfg.epochs}")
     run.history.append({"epoch": run.epoch + 1, "train_loss": train_loss / train_seen,
                         "train_acc": train_correct / train_seen, "test_loss": result["loss"],
                         "test_acc": result["top1"], "test_acc5": result["top5"], "img_per_s": train_seen / seconds,
@@ -276,20 +277,22 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
                         f"pixel statistics changed): resume with the same data")
     loaders = make_loaders(cfg, splits, device, dist_info, stats)
     torch.manual_seed(cfg.seed)
+    mean, std = stats if stats else (None, None)
     model_config = hub.model_config(cfg.model, cfg.kind, cfg.model_kwargs, len(train_set.classes), train_set.input_size,
-                                    *(stats or (None, None)), train_set.classes)
-    model = hub.build_model(model_config)
+                                    mean, std, train_set.classes)
+    model: nn.Module = hub.build_model(model_config)
     if cfg.sync_bn and dist_info.enabled:
         model = distributed.convert_sync_batchnorm(model, device.type)
     model.to(device)
     if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     steps_per_epoch = len(loaders["train"])
-    run = Run(cfg, device, dist_info, run_dir, model_config, stats, train_set.classes, model,
-              *build_optimizer(cfg, model, steps_per_epoch, device), steps_per_epoch)
+    optimizer, scheduler, scaler = build_optimizer(cfg, model, steps_per_epoch, device)
+    run = Run(cfg, device, dist_info, run_dir, model_config, stats, train_set.classes, model, optimizer, scheduler,
+              scaler, steps_per_epoch)
 
     # ---- state: fresh, or where the checkpoint left off
-    if checkpoint is not None:
+    if checkpoint is not None and resume is not None:
         run.restore(checkpoint, resume)
     if dist_info.is_main:
         make_dir(run_dir)
@@ -297,11 +300,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
         write_json(run_dir / "config.json", asdict(cfg))
         write_json(run_dir / "model.json", model_config)  # how to rebuild the model, beside the metrics
     board = tensorboard_writer(run_dir, run.epoch) if cfg.log == "tensorboard" and dist_info.is_main else None
-    forward = model
+    forward: nn.Module = model
     if dist_info.enabled:
         forward = nn.parallel.DistributedDataParallel(model,
                                                       device_ids=[device.index] if device.type == "cuda" else None)
-    forward = torch.compile(forward) if cfg.compile else forward
+    forward = cast(nn.Module, torch.compile(forward)) if cfg.compile else forward
 
     # ---- the loop: an interrupt (Ctrl-C, SIGTERM) checkpoints at the next step and stops
     def on_signal(signum, frame):

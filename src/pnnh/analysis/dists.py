@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from ..errors import PnnhError
 
 C1, C2 = 1e-6, 1e-6
-VGG16_STAGES = [[64, 64], ["L2", 128, 128], ["L2", 256, 256, 256], ["L2", 512, 512, 512], ["L2", 512, 512, 512]]
+VGG16_STAGES: list[list[int | str]] = [[64, 64], ["L2", 128, 128], ["L2", 256, 256, 256], ["L2", 512, 512, 512],
+                                       ["L2", 512, 512, 512]]
 
 
 class L2Pool(nn.Module):
+    kernel: torch.Tensor
     """sqrt(blur(x^2)) with a 3x3 Hanning window, stride 2: DISTS's alias-free replacement for max-pooling."""
 
     def __init__(self, channels: int):
@@ -38,7 +40,11 @@ class L2Pool(nn.Module):
 
 
 class DISTS(nn.Module):
-    def __init__(self, stages: list[nn.Module], channels: list[int], alpha: torch.Tensor | None = None,
+    alpha: torch.Tensor
+    beta: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    def __init__(self, stages: list[nn.Sequential], channels: list[int], alpha: torch.Tensor | None = None,
                  beta: torch.Tensor | None = None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
         self.stages = nn.ModuleList(stages)
@@ -70,10 +76,11 @@ class DISTS(nn.Module):
                     layers.append(L2Pool(in_ch))
                     index += 1  # torchvision's max-pool slot
                     continue
+                assert isinstance(item, int)  # a conv's width (VGG16_STAGES)
                 conv = nn.Conv2d(in_ch, item, 3, padding=1)
                 try:
-                    conv.weight.data.copy_(state[f"features.{index}.weight"])
-                    conv.bias.data.copy_(state[f"features.{index}.bias"])
+                    conv.load_state_dict({"weight": state[f"features.{index}.weight"],
+                                          "bias": state[f"features.{index}.bias"]})
                 except (KeyError, RuntimeError) as e:
                     raise PnnhError(f"{path} is not a VGG16 state dict in torchvision's layout ({e})") from None
                 layers += [conv, nn.ReLU()]

@@ -52,18 +52,19 @@ def layer_responses(model: nn.Module, images: torch.Tensor, batch_stats: bool = 
     if not hooks:
         raise PnnhError(f"{type(model).__name__} has no activation modules (nn.ReLU, nn.GELU, ...) to probe")
     was_training = model.training
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m.momentum, m.running_mean.clone(), m.running_var.clone()) for m in norms if m.running_mean is not None]
+    saved = [(m, m.momentum, mean, var, mean.clone(), var.clone()) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and (mean := m.running_mean) is not None and (var := m.running_var) is not None]
     model.train(batch_stats)
     try:
         model(images)
     finally:
         for h in hooks:
             h.remove()
-        for m, (momentum, mean, var) in zip([m for m in norms if m.running_mean is not None], saved):
+        for m, momentum, mean, var, mean_before, var_before in saved:
             m.momentum = momentum
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
+            mean.copy_(mean_before)
+            var.copy_(var_before)
         model.train(was_training)
     return records
 
@@ -96,8 +97,9 @@ def probe(model: nn.Module, images: torch.Tensor, raw_images: torch.Tensor | Non
     fake = layer_responses(model, noise, batch_stats)
     k_input = gram(images.detach().cpu())
     target = reconstruction_target(images.detach().cpu())
-    size = tuple(images.shape[2:])
-    layers, floors = [], {"cka": [], "r2": [], "dists": []}
+    size = (images.shape[2], images.shape[3]) if images.dim() == 4 else (0, 0)
+    layers: list[dict] = []
+    floors: dict[str, list[float]] = {"cka": [], "r2": [], "dists": []}
     for index, ((name, pre, out), (_, _, out_noise)) in enumerate(zip(real, fake)):
         row = {"index": index, "name": name}
         k_out, k_noise = gram(out), gram(out_noise)
@@ -114,7 +116,7 @@ def probe(model: nn.Module, images: torch.Tensor, raw_images: torch.Tensor | Non
         if "spread" in metrics:
             row["spread"] = position_spread(out)
         if "dists" in metrics:
-            if use_dists and out.dim() == 4:
+            if dists is not None and raw_images is not None and out.dim() == 4:
                 row["dists"] = float(dists(raw_images.cpu(), feature_map_image(out, size)).mean())
                 floors["dists"].append(float(dists(raw_images.cpu(), feature_map_image(out_noise, size)).mean()))
             else:

@@ -93,7 +93,7 @@ class TensorLoader:
     def batches(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, (h, w) = len(self.labels), self.images.shape[1:3]
         device = self.images.device
-        shifts = flips = centres = None
+        draws = None  # the epoch's augmentation of every image: shifts, flips (or None), cutout centres
         if self.train:
             g = _epoch_generator(self.seed, epoch)
             order = torch.randperm(n, generator=g)
@@ -101,6 +101,7 @@ class TensorLoader:
             flips = (torch.rand(n, generator=g) < 0.5).to(device) if self.flip else None
             centres = torch.stack([torch.randint(0, h, (n,), generator=g),
                                    torch.randint(0, w, (n,), generator=g)], 1).to(device)
+            draws = (shifts, flips, centres)
         else:
             order = torch.arange(n)
         order = order.to(device)
@@ -108,7 +109,8 @@ class TensorLoader:
             chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
             idx = chunk.tensor_split(self.world_size)[self.rank]
             batch = self.images[idx]
-            if self.train:
+            if draws is not None:
+                shifts, flips, centres = draws
                 batch = augment_batch(batch, shifts[idx], flips[idx] if flips is not None else None,
                                       centres[idx], self.pad, self.cutout)
             yield normalise(batch, self.mean, self.inv_std, self.channels_last), self.labels[idx]

@@ -18,6 +18,7 @@ import tempfile
 import urllib.request
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".
 
 # ---- CIFAR (python pickle release) ----------------------------------------------------------
 
-CIFAR = {
+CIFAR: dict[str, dict[str, Any]] = {
     "cifar10": {"folder": "cifar-10-batches-py", "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                 "md5": "c58f30108f718f92721af3b95e74349a", "train": [f"data_batch_{i}" for i in range(1, 6)],
                 "test": ["test_batch"], "labels": b"labels", "meta": "batches.meta", "names": b"label_names"},
@@ -276,7 +277,7 @@ def decode_image(path: Path, size: tuple[int, int] | None = None, strict: bool =
                                 f"{size[0]}x{size[1]}: choose --image-pipeline memory (resize all) or stream")
             img = img.convert("RGB")
             if size is not None and img.size != size:
-                img = img.resize(size, Image.BILINEAR)
+                img = img.resize(size, Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         detail = " ".join(str(e).split())[:200]
@@ -320,11 +321,13 @@ def decode_all(files: list[Path], size: tuple[int, int], workers: int = 2, stric
             for c in chunks:
                 parts.append(_decode_chunk(c))
                 progress.update(len(c[0]))
+    pixels = []
     for part in parts:
         if isinstance(part, str):
             raise PnnhError(part)
+        pixels.append(part)
     w, h = size
-    return np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(len(files), h, w, 3)
+    return np.frombuffer(b"".join(pixels), dtype=np.uint8).reshape(len(files), h, w, 3)
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -334,5 +337,5 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
 
 def write_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, allow_pickle=False, **arrays)
     write_atomic(path, buf.getvalue())

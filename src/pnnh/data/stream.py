@@ -37,12 +37,12 @@ class StreamingFolder(torch.utils.data.Dataset):
             rng = random.Random(hash((self.seed, self.epoch, i)))
             img = self._random_resized_crop(img, rng)
             if rng.random() < 0.5:
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             short = round(self.size / 0.875)
             w, h = img.size
             scale = short / min(w, h)
-            img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+            img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.Resampling.BILINEAR)
             w, h = img.size
             left, top = (w - self.size) // 2, (h - self.size) // 2
             img = img.crop((left, top, left + self.size, top + self.size))
@@ -58,7 +58,8 @@ class StreamingFolder(torch.utils.data.Dataset):
             cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
             if 0 < cw <= w and 0 < ch <= h:
                 left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-                return img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+                box = (left, top, left + cw, top + ch)
+                return img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
-        return img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + side, top + side))
+        return img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))

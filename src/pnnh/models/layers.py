@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PnnhError
-from .registry import KINDS
+from .registry import KINDS, PnnhNet
 
 LayerFn = Callable[..., nn.Module]
 MIRROR_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU)  # act(u) - act(-u) = u exactly
@@ -151,6 +151,8 @@ def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of an eval-mode BatchNorm, so that bn(x) = scale * x + shift per channel."""
     if not isinstance(bn, nn.BatchNorm2d):
         raise PnnhError(f"cannot fold {type(bn).__name__} into a conv; only BatchNorm2d folds")
+    if bn.running_var is None or bn.running_mean is None:
+        raise PnnhError("cannot fold a BatchNorm2d without running statistics (track_running_stats=False)")
     std = torch.sqrt(bn.running_var + bn.eps)
     weight = bn.weight if bn.weight is not None else torch.ones_like(std)
     bias = bn.bias if bn.bias is not None else torch.zeros_like(std)
@@ -188,7 +190,7 @@ class CoderBank:
     def new_stage(self) -> None:
         self._stage_coder = None
 
-    def __call__(self, in_ch: int, out_ch: int, stride: int) -> nn.Module:
+    def __call__(self, in_ch: int, out_ch: int, stride: int) -> TiedCoder:
         code_channels = max(1, round(in_ch * self.code_ratio))
         if in_ch != out_ch or stride != 1:
             return ProjectionCoder(in_ch, out_ch, stride, code_channels, self.learnable, self.norm_layer)
@@ -220,7 +222,7 @@ class Block(nn.Module):
             for i in range(n)])
         in_ch, out_ch, stride = widths[0], widths[-1], math.prod(strides)
         self.shortcut: nn.Module | None = None
-        self.coder: nn.Module | None = None
+        self.coder: TiedCoder | None = None
         if kind == "residual":
             if in_ch == out_ch and stride == 1:
                 self.shortcut = nn.Identity()
@@ -242,7 +244,7 @@ class Block(nn.Module):
         return self.act(out)
 
 
-class ConvNet(nn.Module):
+class ConvNet(PnnhNet):
     """stem -> blocks -> global pool -> linear: the shape of every CNN here (timm's contract).
 
     ``blocks`` is a flat sequence of Blocks, single ConvNormActs and pooling

@@ -11,7 +11,18 @@ from ..errors import PnnhError
 
 KINDS = ("residual", "plain", "pnnh")
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+class PnnhNet(nn.Module):
+    """What every registered model is: an ``nn.Module`` with timm's ``default_cfg`` (input size, classes)
+    and ``num_classes``; a model rebuilt by ``pnnh.hub`` also carries its build record, ``model_config``."""
+
+    default_cfg: dict
+    num_classes: int
+    model_config: dict
+
+
+_MODELS: dict[str, Callable[..., PnnhNet]] = {}
 _FAMILY: dict[str, str] = {}
 # What each family supports, stated by the family's module (FAMILY_INFO) and read by the tests and tools:
 #   plain_form: kinds that to_plain converts; img_size_option: the constructor takes img_size (ViTs);
@@ -19,7 +30,7 @@ _FAMILY: dict[str, str] = {}
 _FAMILY_INFO: dict[str, dict] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def register_model(fn: Callable[..., PnnhNet]) -> Callable[..., PnnhNet]:
     """Decorator: register ``fn(kind=..., **kwargs)`` under its function name; its module's FAMILY_INFO
     (a dict, see ``model_info``) states what the family supports."""
     family = fn.__module__.rsplit(".", 1)[-1]
@@ -65,7 +76,7 @@ def check_kind(kind: str) -> None:
         raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
 
-def create_model(name: str, kind: str = "residual", **kwargs) -> nn.Module:
+def create_model(name: str, kind: str = "residual", **kwargs) -> PnnhNet:
     """Build a registered model, e.g. ``create_model("resnet56", kind="pnnh", learner_ratio=0.5)``; keyword
     options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's ``coder``/``coder_share``/
     ``code_ratio``, ...) go to the family's constructor. ``pnnh.create_model`` also loads a checkpoint."""

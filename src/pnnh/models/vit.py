@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PnnhError
-from .layers import MIRROR_ACTIVATIONS, CoderBank, _select, learner_width, run_taps
-from .registry import KINDS, register_model
+from .layers import MIRROR_ACTIVATIONS, CoderBank, TiedCoder, _select, learner_width, run_taps
+from .registry import KINDS, PnnhNet, register_model
 
 FAMILY_INFO = {"plain_form": ("plain", "pnnh"), "img_size_option": True, "test_kwargs": {"img_size": 32},
                "test_input": (3, 32, 32), "first_conv": "patch_embed", "classifier": "head"}
@@ -85,8 +85,8 @@ class ViTBlock(nn.Module):
         self.attn = Attention(dim, num_heads)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, mlp_hidden, act_layer)
-        self.coder1: nn.Module | None = None
-        self.coder2: nn.Module | None = None
+        self.coder1: TiedCoder | None = None
+        self.coder2: TiedCoder | None = None
         if kind == "pnnh":
             if not isinstance(self.mlp.act, MIRROR_ACTIVATIONS):
                 raise PnnhError(f"a pnnh block needs an activation with act(u) - act(-u) = u (ReLU, GELU, SiLU), "
@@ -95,16 +95,16 @@ class ViTBlock(nn.Module):
             self.coder1, self.coder2 = coders(dim, dim, 1), coders(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.coder1 is not None and self.coder2 is not None:  # pnnh
+            x = self.attn(self.norm1(x)) + self.coder1.path(x)
+            return self.mlp(self.norm2(x)) + self.coder2.path(x)
         if self.kind == "residual":
             x = x + self.attn(self.norm1(x))
             return x + self.mlp(self.norm2(x))
-        if self.kind == "plain":
-            return self.mlp(self.norm2(self.attn(self.norm1(x))))
-        x = self.attn(self.norm1(x)) + self.coder1.path(x)
-        return self.mlp(self.norm2(x)) + self.coder2.path(x)
+        return self.mlp(self.norm2(self.attn(self.norm1(x))))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(PnnhNet):
     """patch embedding + class token + position embedding -> blocks -> LayerNorm -> class token -> linear."""
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
