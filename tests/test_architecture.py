@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pnnh"
 # Lowest first. A package (models, data, analysis) is one unit: its modules share its layer.
 LAYERS = [
     ("errors", "io", "progress"),
-    ("device", "distributed", "checkpoint", "config", "optim"),
+    ("device", "distributed", "checkpoint", "config", "optim", "recipes"),
     ("models", "data"),
     ("convert", "profile", "entries"),
     ("hub",),

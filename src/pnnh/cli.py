@@ -21,11 +21,12 @@ from .compare import compare
 from .config import HELP, TrainConfig
 from .entries import Entry, entries_from_options, parse_entries, parse_kwargs, parse_seeds
 from .errors import PnnhError
-from .evaluate import evaluate_checkpoint, format_eval
+from .evaluate import EVAL_OPTIONS, evaluate_checkpoint, format_eval
 from .export import export_model, format_export
 from .io import dumps, read_yaml
 from .profile import format_model_table, model_table
 from .progress import setup_logging
+from .recipes import recipe_options
 from .train import TrainingInterrupted, train
 
 DEFAULTS: dict[str, dict[str, Any]] = {}  # sub-command -> {dest: default}
@@ -89,13 +90,15 @@ def yaml_options(path: str, command: str) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The sub-command's options: its defaults, then a --config file's values, then the command line's;
-    ``args.given`` names the options set by the file or the line."""
+    """The sub-command's options: its defaults, then a --recipe's settings, then a --config file's values,
+    then the command line's; ``args.given`` names the options set by the recipe, the file or the line."""
     parsed = vars(build_parser().parse_args(argv))
     command = parsed.pop("command")
     from_file = yaml_options(parsed["config"], command) if parsed.get("config") else {}
-    args = argparse.Namespace(**{**DEFAULTS[command], **from_file, **parsed})
-    args.command, args.given = command, set(from_file) | set(parsed) - {"config"}
+    chosen = {**from_file, **parsed}
+    recipe = recipe_options(chosen["recipe"], chosen.get("device", "auto")) if chosen.get("recipe") else {}
+    args = argparse.Namespace(**{**DEFAULTS[command], **recipe, **chosen})
+    args.command, args.given = command, set(recipe) | set(from_file) | set(parsed) - {"config"}
     return args
 
 
@@ -119,10 +122,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     summary.pop("model")
     if is_main and args.json:
         print(dumps(summary))
-
-
-EVAL_OPTIONS = ("data", "data_dir", "cache_dir", "test_subset", "image_size", "image_pipeline", "batch_size", "amp",
-                "device", "workers")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

@@ -40,6 +40,9 @@ class TrainConfig:
     crop_padding: int = 4
     flip: bool = True
     cutout: int = 0
+    ema: float = 0.0                  # decay of an exponential moving average of the weights (0: off)
+    eval_flip: bool = False           # also test with horizontal-flip test-time augmentation (test_acc_flip)
+    recipe: str | None = None         # the named recipe (pnnh.recipes) these settings started from
     amp: str = "none"                 # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
@@ -101,6 +104,10 @@ HELP = {  # the --help line of each field's flag (pnnh train, pnnh compare)
     "eval_every": "evaluate on the test split every N epochs (and after the last; other epochs' test metrics are null)",
     "checkpoint_minutes": "write last.pt at least this often during an epoch (0: off)",
     "mixup": "Beta alpha of mixup on the batch (e.g. 0.8; 0: off)", "cutmix": "Beta alpha of CutMix (e.g. 1.0; 0: off)",
+    "ema": "decay of an exponential moving average of the weights, updated every step; the average is what is "
+           "tested and saved (e.g. 0.99; 0: off)",
+    "eval_flip": "also test each evaluated epoch with horizontal-flip test-time augmentation (test_acc_flip)",
+    "recipe": "start from a named recipe's settings (see pnnh.recipes; e.g. cifar-fast); --config and flags win",
 }
 CHOICES = {"opt": ("sgd", "adamw"), "sched": ("cosine", "step", "onecycle", "constant"),
            "amp": ("none", "bf16", "fp16"), "image_pipeline": ("auto", "memory", "stream"),
@@ -116,7 +123,7 @@ RANGES = {
     "workers": (lambda v: v >= 0, "0 or more"), "train_subset": (lambda v: v >= 1, "at least 1"),
     "test_subset": (lambda v: v >= 1, "at least 1"), "stop_after_steps": (lambda v: v >= 1, "at least 1"),
     "checkpoint_every": (lambda v: v >= 0, "0 or more"), "checkpoint_minutes": (lambda v: v >= 0, "0 or more"),
-    "eval_every": (lambda v: v >= 1, "at least 1"),
+    "eval_every": (lambda v: v >= 1, "at least 1"), "ema": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
 # What a resumed run (or a compare reusing a run) may differ in: where and how it runs, not what it computes.
 RESUME_SAFE = ("device", "workers", "output", "checkpoint_every", "checkpoint_minutes", "stop_after_steps", "log",

@@ -20,27 +20,36 @@ from .errors import PnnhError
 from .hub import create_model, load_model_state, model_from_checkpoint
 from .progress import bar
 
+# The TrainConfig fields that evaluate_checkpoint reads (pnnh eval's options besides the model's).
+EVAL_OPTIONS = ("data", "data_dir", "cache_dir", "test_subset", "image_size", "image_pipeline", "batch_size", "amp",
+                "device", "workers", "eval_flip")
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", desc: str = "eval") -> dict:
-    """Top-1, top-5 and mean loss over the loader (summed over processes), and images per second.
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", desc: str = "eval",
+             flip: bool = False) -> dict:
+    """Top-1, top-5 and mean loss over the loader (summed over processes), and images per second; with
+    ``flip``, also ``top1_flip``: top-1 of the mean of the logits of each image and its mirror image
+    (test-time augmentation), else None.
 
     Sums stay on the device until the end: one host sync per evaluation, not one per batch."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, flip top-1 hits
     seen = 0
     start = time.perf_counter()
     for x, y in bar(loader.batches(0), total=len(loader), desc=desc, unit="batch"):
         with autocast(device, amp):
             logits = model(x)
+            both = (logits.float() + model(x.flip(3)).float()) if flip else logits
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         sums += torch.stack([F.cross_entropy(logits.float(), y, reduction="sum").double(),
-                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double()])
+                             (top[:, 0] == y).sum().double(), (top == y[:, None]).any(1).sum().double(),
+                             (both.argmax(1) == y).sum().double()])
         seen += len(y)
-    loss_sum, correct1, correct5, count = distributed.all_reduce_sum([*sums.tolist(), seen], device)
+    loss_sum, correct1, correct5, correct_flip, count = distributed.all_reduce_sum([*sums.tolist(), seen], device)
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum / count, "top1": correct1 / count, "top5": correct5 / count, "images": int(count),
-            "img_per_s": count / seconds}
+    return {"loss": loss_sum / count, "top1": correct1 / count, "top5": correct5 / count,
+            "top1_flip": correct_flip / count if flip else None, "images": int(count), "img_per_s": count / seconds}
 
 
 def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | None = None, kind: str | None = None,
@@ -78,10 +87,11 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
         load_model_state(model, checkpoint["model"], path)
     loader = make_loaders(cfg, {"test": test_set}, device, DistInfo(), stats)["test"]
     model.to(device)
-    result = evaluate(model, loader, device, cfg.amp)
+    result = evaluate(model, loader, device, cfg.amp, flip=cfg.eval_flip)
     return {**result, "model": cfg.model, "kind": cfg.kind, "checkpoint": str(path), "data": cfg.data}
 
 
 def format_eval(r: dict) -> str:
     return (f"{r['model']} ({r['kind']}) on {r['data']}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "
-            f"loss {r['loss']:.4f}  {r['img_per_s']:,.0f} img/s  ({r['images']} images)")
+            + (f"top-1 with flips {100 * r['top1_flip']:.2f}%  " if r.get("top1_flip") is not None else "")
+            + f"loss {r['loss']:.4f}  {r['img_per_s']:,.0f} img/s  ({r['images']} images)")

@@ -1,6 +1,7 @@
 """The optimiser and its learning-rate schedule, per optimiser step."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -49,3 +50,24 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, de
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, warmup, cfg.sched))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
     return optimizer, scheduler, scaler
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` to hold the exponential moving average of its weights."""
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """After optimiser step ``step`` (1-based): ema <- d ema + (1 - d) model for every floating tensor of the
+    state (weights and BatchNorm statistics; counters are copied), with d = min(decay, (1 + step) / (10 + step))
+    so that the average does not lean on the initial weights early on (timm's ModelEma warm-up)."""
+    d = min(decay, (1 + step) / (10 + step))
+    for average, current in zip(ema.state_dict().values(), model.state_dict().values()):
+        if average.is_floating_point():
+            average.lerp_(current, 1 - d)
+        else:
+            average.copy_(current)

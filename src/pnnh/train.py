@@ -26,7 +26,7 @@ from .device import autocast, check_amp, hardware, resolve_device, to_channels_l
 from .errors import PnnhError
 from .evaluate import evaluate
 from .io import dumps, make_dir, remove_leftovers, write_atomic, write_csv, write_json
-from .optim import build_optimizer
+from .optim import build_optimizer, make_ema, update_ema
 from .progress import bar, bars_enabled, log
 
 __all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "train"]
@@ -97,15 +97,24 @@ class Run:
     first_bad: Any = None        # first step with a non-finite loss/gradient, on the device (-1: none yet)
     stop_signal: int | None = None
     last_save: float = field(default_factory=time.monotonic)
+    ema: nn.Module | None = None  # the average of the weights (--ema): what is tested and saved as best
+
+    @property
+    def delivered(self) -> nn.Module:
+        """The model the run hands over (tested, saved as best, returned): the average of the weights, if kept."""
+        return self.ema if self.ema is not None else self.model
 
     def weights(self) -> dict:
         """What resume, eval, the probe and load_model need: weights, how to rebuild the model, the config."""
         return {"config": asdict(self.cfg), "model_config": self.model_config, "model": self.model.state_dict(),
-                "data_stats": self.stats, "classes": self.classes}
+                "ema": None if self.ema is None else self.ema.state_dict(), "data_stats": self.stats,
+                "classes": self.classes}
 
     def restore(self, checkpoint: dict, path: str | Path) -> None:
         """Continue exactly where ``checkpoint`` (a last.pt) stopped: weights, optimiser, schedule, RNG."""
         hub.load_model_state(self.model, checkpoint["model"], path)
+        if self.ema is not None:
+            hub.load_model_state(self.ema, checkpoint["ema"], path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.scaler.load_state_dict(checkpoint["scaler"])
@@ -176,6 +185,8 @@ def train_epoch(run: Run, forward: nn.Module, loader) -> tuple[torch.Tensor, flo
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
+        if run.ema is not None:
+            update_ema(run.ema, run.model, cfg.ema, run.start_global + run.steps_done + 1)
         step += 1
         run.steps_done += 1
         with torch.no_grad():  # accumulated on the device: no host sync per step
@@ -217,10 +228,12 @@ def end_epoch(run: Run, forward: nn.Module, test_loader, sums: torch.Tensor, sec
     tested = (run.epoch + 1) % cfg.eval_every == 0 or run.epoch + 1 == cfg.epochs
     result: dict[str, Any] = {"loss": None, "top1": None, "top5": None}  # untested epochs: null
     if tested:
-        result = evaluate(forward, test_loader, run.device, cfg.amp, desc=f"eval {run.epoch + 1}/{cfg.epochs}")
+        result = evaluate(forward if run.ema is None else run.ema, test_loader, run.device, cfg.amp,
+                          desc=f"eval {run.epoch + 1}/{cfg.epochs}", flip=cfg.eval_flip)
     run.history.append({"epoch": run.epoch + 1, "train_loss": train_loss / train_seen,
                         "train_acc": train_correct / train_seen, "test_loss": result["loss"],
-                        "test_acc": result["top1"], "test_acc5": result["top5"], "img_per_s": train_seen / seconds,
+                        "test_acc": result["top1"], "test_acc5": result["top5"],
+                        "test_acc_flip": result.get("top1_flip"), "img_per_s": train_seen / seconds,
                         "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
                         "hardware": hardware(run.device, run.dist.world_size)})  # a run may resume elsewhere
     if is_main:
@@ -230,7 +243,7 @@ def end_epoch(run: Run, forward: nn.Module, test_loader, sums: torch.Tensor, sec
     run.epoch, run.step, run.partial = run.epoch + 1, 0, [0.0, 0.0, 0.0, 0.0]
     if tested and result["top1"] >= run.best_acc and is_main:
         run.best_acc = result["top1"]
-        save_weights(run.run_dir / "best.safetensors", run.model.state_dict(),
+        save_weights(run.run_dir / "best.safetensors", run.delivered.state_dict(),
                      {"model_config": run.model_config, "config": asdict(cfg), "epoch": run.epoch,
                       "test_acc": run.best_acc})
     if is_main:
@@ -289,7 +302,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     steps_per_epoch = len(loaders["train"])
     optimizer, scheduler, scaler = build_optimizer(cfg, model, steps_per_epoch, device)
     run = Run(cfg, device, dist_info, run_dir, model_config, stats, train_set.classes, model, optimizer, scheduler,
-              scaler, steps_per_epoch)
+              scaler, steps_per_epoch, ema=make_ema(model) if cfg.ema else None)
 
     # ---- state: fresh, or where the checkpoint left off
     if checkpoint is not None and resume is not None:
@@ -331,4 +344,4 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
             log.info(f"done: test acc {100 * run.history[-1]['test_acc']:.2f}% (best {100 * run.best_acc:.2f}%), "
                      f"run folder {run_dir}")
     return {"run_dir": str(run_dir), "history": run.history, "best_acc": run.best_acc,
-            "final": run.history[-1] if run.history else None, "model": model}
+            "final": run.history[-1] if run.history else None, "model": run.delivered}
