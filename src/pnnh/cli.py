@@ -1,8 +1,6 @@
-"""The ``pnnh`` command: argument parsing only; each sub-command calls one library function.
-
-Options are added with ``default=SUPPRESS``, their defaults kept in ``DEFAULTS``: the parsed namespace holds
-what the command line wrote (``args.given``, which ``--resume`` checks); a ``--config`` YAML file's values sit
-between the defaults and the line. No optional import here (``io.read_yaml`` imports PyYAML when used)."""
+"""The ``pnnh`` command: argument parsing only; each sub-command calls one library function. Options are added
+with ``default=SUPPRESS`` and their defaults kept in ``DEFAULTS``, so the namespace holds what the line wrote
+(``args.given``, which ``--resume`` checks). No optional import here (``io.read_yaml`` imports PyYAML)."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +23,7 @@ from .evaluate import EVAL_OPTIONS, evaluate_checkpoint, format_eval
 from .export import export_model, format_export
 from .io import dumps, read_yaml
 from .profile import format_model_table, model_table
-from .progress import setup_logging
+from .progress import log, setup_logging
 from .recipes import recipe_options
 from .train import TrainingInterrupted, train
 
@@ -56,9 +54,7 @@ def option(p: argparse.ArgumentParser, *flags: str, default: Any = None, **kwarg
 def train_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None, **defaults) -> None:
     """One flag per TrainConfig field (timm's names; ``names``: only those), its default the dataclass's
     (or one of ``defaults``): the config is the single source of the training options and their defaults."""
-    for f in fields(TrainConfig):
-        if names is not None and f.name not in names:
-            continue
+    for f in (f for f in fields(TrainConfig) if names is None or f.name in names):
         flag = "--" + f.name.replace("_", "-")
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         help_text = HELP.get(f.name, "") + (f" (default: {default})" if default not in (None, {}) else "")
@@ -273,8 +269,7 @@ def build_parser() -> Parser:
 
     p = command("theory", cmd_theory, "Monte Carlo checks of Theorems 3.2, 3.3 and Proposition 3.1")
     numbers(p, int, width=512, depth=20, samples=2048, seed=0)
-    option(p, "--mu", default=1.0, type=float, help="input mean for Theorem 3.3 (3.2 is also run at 0)")
-    option(p, "--sigma", default=1.0, type=float)
+    numbers(p, float, mu=1.0, sigma=1.0)  # the input's mean (Theorem 3.3; 3.2 also runs at 0) and std
     option(p, "--output", help="folder for theory.json and theory.png")
     return parser
 
@@ -287,11 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = argv
         args.func(args)
     except PnnhError as e:
+        if os.environ.get("PNNH_DEBUG"):  # the traceback of a refusal, for whoever debugs pnnh
+            raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 -- not a refusal: a bug, shown in full
+        log.exception("internal error: this is a bug in pnnh, not in your input; please report it with the "
+                      "command line and this traceback")
+        return 1
     return 0
 
 

@@ -14,16 +14,22 @@ from .errors import PnnhError
 from .progress import log
 
 
+def usable_devices() -> list[str]:
+    """The --device values this build of torch can use here."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(gpus)] if gpus else [])
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU if there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything this build of
+    torch cannot use here is refused, naming what it can."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PnnhError(f"unknown --device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PnnhError("--device cuda given but no CUDA device is available; use --device cpu")
-    return device
+    usable = usable_devices()
+    if name not in usable:
+        raise PnnhError(f"--device {name!r} cannot be used with this build of torch on this machine; usable: "
+                        f"{', '.join(usable)}")
+    return torch.device(name)
 
 
 def cpu_flags() -> set[str]:

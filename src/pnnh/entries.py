@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import PnnhError
-from .models.registry import check_kind
+from .models.registry import check_options
+
+# Set by every command from its data or flags, never as a model option of an entry or --model-kwargs.
+RESERVED = ("num_classes", "in_chans")
 
 
 def parse_kwargs(items: list[str] | dict) -> dict:
@@ -61,10 +64,10 @@ class Entry:
             parts = parts[:-1]
         if len(parts) < 2 or not parts[0] or not parts[1]:
             raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
-        check_kind(parts[1])
         if plain_form and parts[1] == "residual":
             raise PnnhError(f"entry {text!r}: a residual model has no plain form; use the plain or pnnh kind")
         kwargs = parse_kwargs([kv for kv in ":".join(parts[2:]).split(",") if kv]) if len(parts) > 2 else {}
+        check_options(parts[0], parts[1], kwargs, RESERVED)
         return cls(parts[0], parts[1], kwargs, plain_form)
 
 
@@ -87,6 +90,15 @@ def parse_entries(text: str) -> list[Entry]:
     entries = [Entry.parse(p) for p in pieces]
     if not entries:
         raise PnnhError("no entries given: --entries resnet56:residual,resnet56:pnnh")
+    return unique(entries)
+
+
+def unique(entries: list[Entry]) -> list[Entry]:
+    """``entries``, refused if one is named twice (it would be trained once and listed twice)."""
+    labels = [e.label for e in entries]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise PnnhError(f"entry {', '.join(twice)} is given twice: name each entry once")
     return entries
 
 
@@ -102,9 +114,10 @@ def entries_from_options(entries: str | None, model: str | None, kinds: str | No
     if not model:
         raise PnnhError("--model is needed (or --entries, or --checkpoint of a trained run)")
     names = [k.strip() for k in (kinds or "residual").split(",") if k.strip()]
+    options = parse_kwargs(model_kwargs or [])
     for k in names:
-        check_kind(k)
-    return [Entry(model, k, parse_kwargs(model_kwargs or [])) for k in names]
+        check_options(model, k, options, RESERVED)
+    return unique([Entry(model, k, options) for k in names])
 
 
 def parse_seeds(text: str, first: int = 0) -> list[int]:

@@ -16,8 +16,10 @@ from .data import load_splits, make_loaders
 from .data.loader import channel_stats
 from .device import autocast, resolve_device
 from .distributed import DistInfo
+from .entries import RESERVED
 from .errors import PnnhError
 from .hub import create_model, load_model_state, model_from_checkpoint
+from .models import check_options, model_info
 from .progress import bar
 
 # The TrainConfig fields that evaluate_checkpoint reads (pnnh eval's options besides the model's).
@@ -77,11 +79,10 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
         stats = channel_stats(splits.pop("train").images)
     test_set = splits["test"]
     if model_config:
-        if model_config["classes"] and len(model_config["classes"]) != len(test_set.classes):
-            raise PnnhError(f"{path} was trained on {len(model_config['classes'])} classes, the test split of "
-                            f"{cfg.data} has {len(test_set.classes)}: evaluate it on the data it was trained on")
+        check_fits(model_config, test_set, f"{path}", cfg.data)
         model = model_from_checkpoint(checkpoint, path)
     else:
+        check_options(cfg.model, cfg.kind, model_kwargs or {}, RESERVED)
         model = create_model(cfg.model, kind=cfg.kind, num_classes=len(test_set.classes),
                              in_chans=test_set.input_size[0], **(model_kwargs or {}))
         load_model_state(model, checkpoint["model"], path)
@@ -89,6 +90,22 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
     model.to(device)
     result = evaluate(model, loader, device, cfg.amp, flip=cfg.eval_flip)
     return {**result, "model": cfg.model, "kind": cfg.kind, "checkpoint": str(path), "data": cfg.data}
+
+
+def check_fits(model_config: dict, data, source: str, data_name: str) -> None:
+    """Refuse, naming both sides, data that a model of ``model_config`` cannot read or score: other channels,
+    another number of classes, or (for a model built for one image size, a ViT) another image size."""
+    channels, size = data.input_size[0], tuple(data.input_size[1:])
+    if model_config["in_chans"] != channels:
+        raise PnnhError(f"{source} takes {model_config['in_chans']}-channel images, the test split of {data_name} "
+                        f"has {channels}-channel images: evaluate it on the data it was trained on")
+    if model_config["classes"] and len(model_config["classes"]) != len(data.classes):
+        raise PnnhError(f"{source} was trained on {len(model_config['classes'])} classes, the test split of "
+                        f"{data_name} has {len(data.classes)}: evaluate it on the data it was trained on")
+    if model_info(model_config["name"])["img_size_option"] and tuple(model_config["input_size"][1:]) != size:
+        raise PnnhError(f"{source} is built for {model_config['input_size'][1]}x{model_config['input_size'][2]} "
+                        f"images, the test split of {data_name} has {size[0]}x{size[1]}: evaluate it on images of "
+                        f"its size")
 
 
 def format_eval(r: dict) -> str:

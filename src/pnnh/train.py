@@ -23,9 +23,11 @@ from .config import TrainConfig, resume_config
 from .data import load_splits, make_loaders
 from .data.loader import channel_stats, mix_batch
 from .device import autocast, check_amp, hardware, resolve_device, to_channels_last
+from .entries import RESERVED
 from .errors import PnnhError
 from .evaluate import evaluate
 from .io import dumps, make_dir, remove_leftovers, write_atomic, write_csv, write_json
+from .models import check_options
 from .optim import build_optimizer, make_ema, update_ema
 from .progress import bar, bars_enabled, log
 
@@ -268,6 +270,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
         checkpoint = load_training_state(resume)
         cfg = resume_config(cfg, TrainConfig.from_dict(checkpoint["config"]), resume, given)
     cfg.validate()
+    check_options(cfg.model, cfg.kind, cfg.model_kwargs, RESERVED)  # before any data is read
     device = resolve_device(cfg.device)
     check_amp(device, cfg.amp)
     dist_info = distributed.init_distributed(device.type)

@@ -248,11 +248,14 @@ def list_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise PnnhError(f"{root} has classes not in the training split: {', '.join(unknown)}")
-    files, labels = [], []
+    files: list[Path] = []
+    labels: list[int] = []
+    training = classes is found  # the training split: its folders are the classes
     for label, name in enumerate(classes):
         folder = root / name
         if not folder.is_dir():
             continue
+        before = len(files)
         for f in sorted(folder.iterdir()):
             if f.name.startswith("."):
                 continue
@@ -261,6 +264,9 @@ def list_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
                                 f"data folder")
             files.append(f)
             labels.append(label)
+        if training and len(files) == before:
+            raise PnnhError(f"{folder} holds no images, so its class would have none: remove the empty folder or "
+                            f"add its images")
     if not files:
         raise PnnhError(f"{root} holds no images")
     return files, np.asarray(labels, dtype=np.int64), classes

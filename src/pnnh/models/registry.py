@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 
@@ -74,6 +77,46 @@ def check_model_name(name: str) -> None:
 def check_kind(kind: str) -> None:
     if kind not in KINDS:
         raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The keyword options of model ``name`` and their defaults (its family's builder's signature, less the
+    kind and the layer types)."""
+    builder = model_info(name).get("builder")
+    if builder is None:
+        return {}
+    return {k: p.default for k, p in inspect.signature(builder).parameters.items()
+            if p.default is not inspect.Parameter.empty and k != "kind" and not callable(p.default)}
+
+
+def check_options(name: str, kind: str, options: dict, reserved: tuple[str, ...] = ()) -> None:
+    """Refuse in one line, before any work: an unknown model or kind, a model option the model does not
+    take or that the caller sets itself (``reserved``, e.g. num_classes from the data), or a value of the
+    wrong type for the option (a number where the default is one, finite; a string where it is one)."""
+    check_model_name(name)
+    check_kind(kind)
+    allowed = model_options(name)
+    for key, value in options.items():
+        if key in reserved:
+            raise PnnhError(f"model option {key} is set from the data and the command line, not by --model-kwargs: "
+                            f"drop {key}={value}")
+        if key not in allowed:
+            raise PnnhError(f"unknown model option {key!r} for {name}; its options: "
+                            f"{', '.join(k for k in allowed if k not in reserved)}")
+        default = allowed[key]
+        if isinstance(default, bool) or default is None:
+            ok, words = isinstance(value, bool) or default is None, "true or false"
+        elif isinstance(default, int):
+            ok, words = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            words = "a finite number"
+        elif isinstance(default, str):
+            ok, words = isinstance(value, str), "a string"
+        else:
+            ok, words = isinstance(value, type(default)), f"a {type(default).__name__} (not settable from text)"
+        if not ok:
+            raise PnnhError(f"model option {key} must be {words} (default {default!r}), got {value!r}")
 
 
 def create_model(name: str, kind: str = "residual", **kwargs) -> PnnhNet:

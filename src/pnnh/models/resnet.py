@@ -35,6 +35,9 @@ def imagenet_resnet(layers: tuple[int, ...], bottleneck: bool, kind: str = "resi
     return ConvNet(stem, blocks, in_ch, num_classes, kind, input_size=(in_chans, 224, 224))
 
 
+FAMILY_INFO = {"builder": imagenet_resnet}  # its keyword options are the models' options (registry.check_options)
+
+
 @register_model
 def resnet18(kind: str = "residual", **kwargs) -> ConvNet:
     return imagenet_resnet((2, 2, 2, 2), False, kind, **kwargs)

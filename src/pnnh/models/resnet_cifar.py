@@ -34,6 +34,9 @@ def cifar_resnet(depth: int, kind: str = "residual", num_classes: int = 10, in_c
     return ConvNet(stem, blocks, in_ch, num_classes, kind, input_size=(in_chans, 32, 32))
 
 
+FAMILY_INFO = {"builder": cifar_resnet}  # its keyword options are the models' options (registry.check_options)
+
+
 @register_model
 def resnet20(kind: str = "residual", **kwargs) -> ConvNet:
     return cifar_resnet(20, kind, **kwargs)

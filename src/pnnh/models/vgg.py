@@ -42,6 +42,9 @@ def vgg(depth: int, kind: str = "residual", num_classes: int = 1000, in_chans: i
     return ConvNet(stem, blocks, in_ch, num_classes, kind, input_size=(in_chans, 224, 224))
 
 
+FAMILY_INFO = {"builder": vgg}  # its keyword options are the models' options (registry.check_options)
+
+
 @register_model
 def vgg11(kind: str = "residual", **kwargs) -> ConvNet:
     return vgg(11, kind, **kwargs)

@@ -175,6 +175,9 @@ class VisionTransformer(PnnhNet):
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
 
+FAMILY_INFO["builder"] = VisionTransformer  # its keyword options are the models' options (registry.check_options)
+
+
 def _vit(kind: str, defaults: dict, **kwargs) -> VisionTransformer:
     return VisionTransformer(kind=kind, **{**defaults, **kwargs})
 
