@@ -1,0 +1,136 @@
+"""Time to accuracy: test accuracy against training wall time after every epoch, side by side with airbench.
+
+    python benchmarks/time_to_accuracy.py                 # train what is missing (one process at a time), then report
+    python benchmarks/time_to_accuracy.py --only resnet56:residual airbench
+    python benchmarks/time_to_accuracy.py --report        # table and plot from the committed runs only
+
+Every pnnh entry is one `pnnh compare --recipe RECIPE --no-report` run on the full 50,000 training images
+of CIFAR-10 (JPEG q75 copy), tested on the full 10,000-image test set after every epoch, into
+benchmarks/results/time_to_accuracy/<recipe>/runs/ (small files committed; a run interrupted resumes, a
+finished one is skipped). airbench 0.1.8's train93 runs through benchmarks/airbench_cpu.py in the timm
+environment (.venv-timm, where torchvision imports). Minutes are training time only (evaluation left out,
+as airbench's own timer does); the machine's CPU model and bf16 units are recorded with the results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from pnnh.config import TrainConfig
+from pnnh.device import cpu_flags, cpu_name
+from pnnh.entries import Entry
+from pnnh.io import save_figure, write_atomic, write_json
+from pnnh.train import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "time_to_accuracy"
+DATA_DIR = "../shared/data/cifar10-jpeg"  # relative to the repository, as benchmarks/evidence.sh records it
+ENTRIES = ["resnet56:residual", "resnet20:residual", "resnet110:residual", "resnet56:plain",
+           "resnet56:pnnh:code_ratio=0.5"]
+AIRBENCH = OUT / "airbench93.json"
+
+
+def train_entry(entry: str, recipe: str, seed: int) -> None:
+    cmd = [str(ROOT / ".venv" / "bin" / "pnnh"), "compare", "--recipe", recipe, "--entries", entry, "--seeds", "1",
+           "--seed", str(seed), "--data", "imagefolder", "--data-dir", DATA_DIR, "--workers", "0",
+           "--output", str((OUT / recipe).relative_to(ROOT)), "--no-report"]
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def train_airbench() -> None:
+    python = ROOT / ".venv-timm" / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "airbench==0.1.8"], check=True)
+    subprocess.run([str(python), str(ROOT / "benchmarks" / "airbench_cpu.py"), "--output", str(AIRBENCH)],
+                   check=True, cwd=ROOT)
+
+
+def curves(recipe: str) -> dict[str, dict]:
+    """Per finished pnnh run: label, config, and (minutes of training, test acc, test acc with flips) per epoch."""
+    out = {}
+    for run in sorted((OUT / recipe / "runs").glob("*")):
+        try:
+            config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+            rows = read_metrics(run)
+        except (OSError, ValueError):
+            continue
+        if len(rows) != config.epochs:
+            continue  # still training
+        minutes, points = 0.0, []
+        for row in rows:
+            minutes += row["seconds"] / 60
+            points.append({"epoch": row["epoch"], "minutes": minutes, "test_acc": row["test_acc"],
+                           "test_acc_flip": row.get("test_acc_flip"), "img_per_s": row["img_per_s"]})
+        label = Entry(config.model, config.kind, config.model_kwargs).label + f" seed {config.seed}"
+        out[label] = {"points": points, "hardware": sorted({r.get("hardware") for r in rows} - {None}),
+                      "config": json.loads((run / "config.json").read_text())}
+    if AIRBENCH.exists():
+        ab = json.loads(AIRBENCH.read_text())
+        out["airbench93 (train93, CPU shim)"] = {
+            "points": [{"epoch": r["epoch"], "minutes": r["train_seconds"] / 60, "test_acc": r["test_acc"],
+                        "test_acc_flip": None} for r in ab["epochs"]],
+            "tta_test_acc": ab.get("tta_test_acc"), "hardware": [ab["machine"]["cpu"]], "config": "airbench 0.1.8"}
+    return out
+
+
+def report(recipe: str) -> None:
+    runs = curves(recipe)
+    machine = {"cpu": cpu_name(), "bf16_units": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
+               "avx2": "avx2" in cpu_flags(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    write_json(OUT / f"{recipe}.json", {"recipe": recipe, "runs": runs, "report_written_on": machine,
+                                        "command": "python benchmarks/time_to_accuracy.py"})
+    lines = ["| entry | final test acc | with flips | training minutes | img/s | ran on |", "|---|---|---|---|---|---|"]
+    for label, r in runs.items():
+        last = r["points"][-1]
+        flips = r.get("tta_test_acc") if last["test_acc_flip"] is None else last["test_acc_flip"]
+        img_s = last.get("img_per_s")
+        lines.append(f"| {label} | {100 * last['test_acc']:.2f}% | "
+                     + (f"{100 * flips:.2f}%" if flips is not None else "–")
+                     + f" | {last['minutes']:.1f} | " + (f"{img_s:.0f}" if img_s else "–")
+                     + f" | {', '.join(r['hardware'])} |")
+    print("\n".join(lines))
+    write_atomic(OUT / f"{recipe}_table.md", "\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, r in runs.items():
+        ax.plot([p["minutes"] for p in r["points"]], [100 * p["test_acc"] for p in r["points"]], marker="o",
+                label=label)
+    ax.axhline(90, color="grey", linestyle=":", label="90%")
+    ax.axvline(25, color="grey", linestyle="--", label="25 minutes")
+    ax.set(xlabel="training time (minutes; evaluation left out)", ylabel="test accuracy (%), no test-time flips",
+           title=f"CIFAR-10 (JPEG q75 copy), full training set, recipe {recipe}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, OUT / f"{recipe}.png")
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", default="cifar-fast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="*", help="entries to train (model:kind[:options] or airbench); default all")
+    p.add_argument("--report", action="store_true", help="only the table and plot of the committed runs")
+    args = p.parse_args()
+    if not args.report:
+        for entry in args.only or [*ENTRIES, "airbench"]:
+            if entry == "airbench":
+                if not AIRBENCH.exists():
+                    train_airbench()
+            else:
+                train_entry(entry, args.recipe, args.seed)
+    report(args.recipe)
+
+
+if __name__ == "__main__":
+    main()
