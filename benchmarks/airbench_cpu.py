@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from pnnh.data import load_dataset
-from pnnh.device import cpu_flags, cpu_name
+from pnnh.device import bf16_units, cpu_name
 from pnnh.io import make_dir, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def main() -> None:
     write_json(output, {
         "entry": "airbench 0.1.8 train93 (CPU shim: .cuda no-op, fp16 as bf16, wall-clock timers)",
         "epochs": rows, **final, "wall_seconds": time.perf_counter() - started,
-        "machine": {"cpu": cpu_name(), "bf16_units": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
+        "machine": {"cpu": cpu_name(), "bf16_units": bf16_units(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "data": f"CIFAR-10 (JPEG q75 copy) at {args.data_dir}", "command": "python benchmarks/airbench_cpu.py"})
 

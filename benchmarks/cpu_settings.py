@@ -14,7 +14,7 @@ import sys
 import torch
 
 from pnnh.bench import bench
-from pnnh.device import cpu_flags, cpu_name
+from pnnh.device import bf16_units, cpu_name
 from pnnh.entries import parse_entries
 
 
@@ -52,7 +52,7 @@ def main() -> None:
                          "train_ratio_to_fp32": statistics.median(t["train"]) / statistics.median(base["train"]),
                          "infer_ratio_to_fp32": statistics.median(t["infer"]) / statistics.median(base["infer"])})
     print(json.dumps({"command": "python benchmarks/cpu_settings.py " + " ".join(sys.argv[1:]), "cpu": cpu_name(),
-                      "bf16_units": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}), "torch": torch.__version__,
+                      "bf16_units": bf16_units(), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "batch_size": args.batch_size, "rounds": args.rounds,
                       "rows": rows}, indent=2))
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pnnh.config import TrainConfig
-from pnnh.device import cpu_flags, cpu_name
+from pnnh.device import bf16_units, cpu_flags, cpu_name
 from pnnh.entries import Entry
 from pnnh.io import save_figure, write_atomic, write_json
 from pnnh.train import read_metrics
@@ -80,7 +80,7 @@ def curves(recipe: str) -> dict[str, dict]:
 
 def report(recipe: str) -> None:
     runs = curves(recipe)
-    machine = {"cpu": cpu_name(), "bf16_units": sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"}),
+    machine = {"cpu": cpu_name(), "bf16_units": bf16_units(),
                "avx2": "avx2" in cpu_flags(), "torch": torch.__version__, "threads": torch.get_num_threads()}
     write_json(OUT / f"{recipe}.json", {"recipe": recipe, "runs": runs, "report_written_on": machine,
                                         "command": "python benchmarks/time_to_accuracy.py"})

@@ -11,7 +11,7 @@ import torch
 import pnnh
 from pnnh.config import TrainConfig, config_differences
 from pnnh.data import load_dataset, make_loader
-from pnnh.device import cpu_flags
+from pnnh.device import bf16_units
 from pnnh.evaluate import evaluate
 from pnnh.optim import make_ema, update_ema
 from pnnh.recipes import RECIPES, recipe_config, recipe_options
@@ -24,11 +24,11 @@ TINY = dict(model="resnet20", data="fashion-mnist", train_subset=256, test_subse
 
 def test_cifar_fast_resolves_to_its_documented_settings() -> None:
     options = recipe_options("cifar-fast", device="cpu")
-    bf16_units = bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    has_bf16 = bool(bf16_units())
     assert options == {"epochs": 12, "batch_size": 512, "opt": "sgd", "lr": 0.8, "momentum": 0.9,
                        "weight_decay": 5e-4, "sched": "onecycle", "warmup_epochs": 2.0, "label_smoothing": 0.1,
                        "crop_padding": 4, "flip": True, "ema": 0.98, "eval_flip": True, "channels_last": True,
-                       "amp": "bf16" if bf16_units else "none", "recipe": "cifar-fast"}
+                       "amp": "bf16" if has_bf16 else "none", "recipe": "cifar-fast"}
     assert RECIPES["cifar-fast"]["amp"] == "auto"  # resolved per machine, never recorded as "auto"
     cfg = recipe_config("cifar-fast", model="resnet56", seed=2, device="cpu")
     cfg.validate()

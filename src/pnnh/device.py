@@ -32,6 +32,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def bf16_units() -> list[str]:
+    """The CPU's bf16 units, as /proc/cpuinfo names them (amx_bf16, avx512_bf16); [] where bf16 is emulated."""
+    return sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
 def cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
@@ -67,7 +72,7 @@ def check_amp(device: torch.device, amp: str) -> None:
     if amp == "fp16":
         raise PnnhError("--amp fp16 on a CPU is emulated (about 25x slower than float32): use --amp bf16 on a CPU "
                         "with AMX or AVX512-BF16 units, or --amp none")
-    if amp == "bf16" and not cpu_flags() & {"amx_bf16", "avx512_bf16"}:
+    if amp == "bf16" and not bf16_units():
         log.warning("warning: this CPU has no bf16 units (no amx_bf16 or avx512_bf16 in /proc/cpuinfo): --amp bf16 "
                     "is emulated here and runs several times slower than float32 (--amp none)")
 

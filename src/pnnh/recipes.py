@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import TrainConfig
-from .device import cpu_flags, resolve_device
+from .device import bf16_units, resolve_device
 from .errors import PnnhError
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -28,7 +28,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 def bf16_available(device: str = "auto") -> bool:
     """Whether bf16 runs on real units where ``device`` resolves: a CUDA GPU, or a CPU with AMX/AVX512-BF16."""
-    return resolve_device(device).type == "cuda" or bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return resolve_device(device).type == "cuda" or bool(bf16_units())
 
 
 def recipe_options(name: str, device: str = "auto") -> dict[str, Any]:
