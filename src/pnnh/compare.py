@@ -110,6 +110,7 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
     plan = [(e, s) for e in entries for s in seeds]
     runs: dict[tuple[str, int], dict] = {}
     trained: dict[str, torch.nn.Module] = {}  # seed 0's trained model of each entry, where last.pt is here
+    trained_config: dict | None = None  # the build record of one of them: the seed's data normalisation
     started = time.time()
     for i, (entry, seed) in enumerate(bar(plan, desc="compare", unit="run", leave=True)):
         path = run_dir(out, entry, seed)
@@ -140,7 +141,7 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
         runs[(entry.label, seed)] = {"history": found["history"], "params": count_params(model),
                                      "diverged": found["diverged"]}
         if seed == seeds[0] and weights:
-            trained[entry.label] = model
+            trained[entry.label], trained_config = model, found["model_config"]
     results = summarise(entries, seeds, runs, base, command)
     results["wall_seconds_this_call"] = time.time() - started
     diverged = [f"{r['label']} seed {s}" for r in results["entries"] for s in r["diverged"]]
@@ -153,9 +154,9 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
         stale.unlink(missing_ok=True)
     probes = []
     probed = [e for e in entries if runs[(e.label, seeds[0])]["diverged"] is None]  # a diverged run has no model
-    if all(e.label in trained for e in probed):
-        probes = probe_trained(probed, seeds[0], base, [trained[e.label] for e in probed], out) if probed else []
-    else:
+    if probed and trained_config is not None and all(e.label in trained for e in probed):
+        probes = probe_trained(probed, seeds[0], base, [trained[e.label] for e in probed], trained_config, out)
+    elif probed:
         log.warning("no probe of the trained models: some runs are here as metrics only (no last.pt)")
     write_report(out, results, runs, probes)
     return results
@@ -165,11 +166,12 @@ PROBE_IMAGES = 64
 
 
 def probe_trained(entries: list[Entry], seed: int, base: TrainConfig, models: list[torch.nn.Module],
-                  out: Path) -> list[dict]:
+                  model_config: dict, out: Path) -> list[dict]:
     """The probe (CKA, R^2, survival, effective rank, spread across positions) of each entry's trained
-    seed-``seed`` model, on a fixed subset of test images; [] where the data set cannot be probed."""
-    try:  # every run of one seed trained on the same subset, so shares its normalisation
-        model_config: dict = getattr(models[0], "model_config")  # noqa: B009 -- set by hub, not a declared attribute
+    seed-``seed`` model, on a fixed subset of test images; [] where the data set cannot be probed.
+    ``model_config``: one of the runs' build records (every run of one seed trained on the same subset,
+    so shares its normalisation)."""
+    try:
         stats = (model_config["mean"], model_config["std"]) if model_config["mean"] else None
         images, _, _ = load_probe_images(base.data, base.data_dir, PROBE_IMAGES, 0, stats, base.cache_dir)
     except PnnhError as e:

@@ -72,6 +72,8 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
         raise PnnhError(f"{path} is a bare state dict: pass --model (and --kind, --model-kwargs) to say what it holds")
     cfg = replace(cfg, model=name, kind=model_config["kind"] if model_config else kind or "residual")
     cfg.validate()
+    if not model_config:  # a bare state dict's model, checked before any data is read
+        check_options(cfg.model, cfg.kind, model_kwargs or {}, RESERVED)
     device = resolve_device(cfg.device)
     stats = (model_config["mean"], model_config["std"]) if model_config and model_config["mean"] else None
     splits = load_splits(cfg, ("test",) if stats or model_config else ("train", "test"))
@@ -82,7 +84,6 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
         check_fits(model_config, test_set, f"{path}", cfg.data)
         model = model_from_checkpoint(checkpoint, path)
     else:
-        check_options(cfg.model, cfg.kind, model_kwargs or {}, RESERVED)
         model = create_model(cfg.model, kind=cfg.kind, num_classes=len(test_set.classes),
                              in_chans=test_set.input_size[0], **(model_kwargs or {}))
         load_model_state(model, checkpoint["model"], path)
