@@ -37,6 +37,20 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
+def finish(info: DistInfo) -> None:
+    """End a data-parallel run: wait for every process, then close the process group while Python still runs.
+
+    gloo's worker threads drop their last reference to a collective's tensors just after the collective
+    returns, and that needs the interpreter; a process that exits at once can lose the race and abort in
+    interpreter shutdown ("terminate called without an active exception", SIGABRT). Call it after the
+    model's DistributedDataParallel wrapper is gone, and only when every process got there (a barrier
+    with a failed process would wait forever).
+    """
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():

@@ -346,5 +346,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
         if run.history and run.history[-1]["test_acc"] is not None:
             log.info(f"done: test acc {100 * run.history[-1]['test_acc']:.2f}% (best {100 * run.best_acc:.2f}%), "
                      f"run folder {run_dir}")
+    del forward  # the DistributedDataParallel wrapper holds the process group
+    distributed.finish(dist_info)
     return {"run_dir": str(run_dir), "history": run.history, "best_acc": run.best_acc,
             "final": run.history[-1] if run.history else None, "model": run.delivered}
