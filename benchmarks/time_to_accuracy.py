@@ -3,10 +3,11 @@
     python benchmarks/time_to_accuracy.py                 # train what is missing (one process at a time), then report
     python benchmarks/time_to_accuracy.py --only resnet56:residual airbench
     python benchmarks/time_to_accuracy.py --report        # table and plot from the committed runs only
+    python benchmarks/time_to_accuracy.py --epochs 20 --only resnet56:residual   # the recipe, longer
 
 Every pnnh entry is one `pnnh compare --recipe RECIPE --no-report` run on the full 50,000 training images
 of CIFAR-10 (JPEG q75 copy), tested on the full 10,000-image test set after every epoch, into
-benchmarks/results/time_to_accuracy/<recipe>/runs/ (small files committed; a run interrupted resumes, a
+benchmarks/results/time_to_accuracy/<recipe>/runs/ (<recipe>-<N>ep/ with --epochs N; small files committed; a run interrupted resumes, a
 finished one is skipped). airbench 0.1.8's train93 runs through benchmarks/airbench_cpu.py in the timm
 environment (.venv-timm, where torchvision imports). Minutes are training time only (evaluation left out,
 as airbench's own timer does); the machine's CPU model and bf16 units are recorded with the results.
@@ -35,10 +36,16 @@ ENTRIES = ["resnet56:residual", "resnet20:residual", "resnet110:residual", "resn
 AIRBENCH = OUT / "airbench93.json"
 
 
-def train_entry(entry: str, recipe: str, seed: int) -> None:
+def study(recipe: str, epochs: int | None) -> str:
+    """The folder name of a recipe's runs: the recipe, or the recipe at another number of epochs."""
+    return recipe if epochs is None else f"{recipe}-{epochs}ep"
+
+
+def train_entry(entry: str, recipe: str, seed: int, epochs: int | None) -> None:
     cmd = [str(ROOT / ".venv" / "bin" / "pnnh"), "compare", "--recipe", recipe, "--entries", entry, "--seeds", "1",
            "--seed", str(seed), "--data", "imagefolder", "--data-dir", DATA_DIR, "--workers", "0",
-           "--output", str((OUT / recipe).relative_to(ROOT)), "--no-report"]
+           *(["--epochs", str(epochs)] if epochs is not None else []),
+           "--output", str((OUT / study(recipe, epochs)).relative_to(ROOT)), "--no-report"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -119,6 +126,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default="cifar-fast")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, help="train the recipe for this many epochs instead of its own")
     p.add_argument("--only", nargs="*", help="entries to train (model:kind[:options] or airbench); default all")
     p.add_argument("--report", action="store_true", help="only the table and plot of the committed runs")
     args = p.parse_args()
@@ -128,8 +136,8 @@ def main() -> None:
                 if not AIRBENCH.exists():
                     train_airbench()
             else:
-                train_entry(entry, args.recipe, args.seed)
-    report(args.recipe)
+                train_entry(entry, args.recipe, args.seed, args.epochs)
+    report(study(args.recipe, args.epochs))
 
 
 if __name__ == "__main__":

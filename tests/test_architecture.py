@@ -19,7 +19,7 @@ LAYERS = [
     ("device", "distributed", "checkpoint", "config", "optim", "recipes"),
     ("models", "data"),
     ("convert", "profile", "entries"),
-    ("hub",),
+    ("hub", "resnet_import"),
     ("analysis", "train", "evaluate", "bench", "export", "timm"),
     ("compare",),
     ("cli", "__main__", "__init__"),

@@ -20,11 +20,12 @@ from .config import HELP, TrainConfig
 from .entries import Entry, entries_from_options, parse_entries, parse_kwargs, parse_seeds
 from .errors import PnnhError
 from .evaluate import EVAL_OPTIONS, evaluate_checkpoint, format_eval
-from .export import export_model, format_export
+from .export import convert_resnet, export_model, format_convert, format_export
 from .io import dumps, read_yaml
 from .profile import format_model_table, model_table
 from .progress import log, setup_logging
 from .recipes import recipe_options
+from .resnet_import import ARCHS
 from .train import TrainingInterrupted, train
 
 DEFAULTS: dict[str, dict[str, Any]] = {}  # sub-command -> {dest: default}
@@ -127,13 +128,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
     out = args.output or Path(args.checkpoint).parent / "export"
-    report = export_model(args.checkpoint, out, formats, args.batch_size, args.tolerance)
+    report = export_model(args.checkpoint, out, split(args.formats), args.batch_size, args.tolerance)
     print(dumps(report) if args.json else format_export(report, out))
     if not report["passed"]:
         failed = [k for k, v in report["parity"].items() if v > args.tolerance]
         raise PnnhError(f"export parity failed for {', '.join(failed)} (above {args.tolerance:g}): {out}/export.json")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    report = convert_resnet(args.weights, args.arch, args.output, split(args.formats), args.batch_size, args.tolerance)
+    print(dumps(report) if args.json else format_convert(report, args.output))
+
+
+def split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -201,6 +210,11 @@ def build_parser() -> Parser:
         option(p, "--json", default=False, action="store_true", help="print JSON only on stdout")
         return p
 
+    def export_options(p: argparse.ArgumentParser) -> None:
+        option(p, "--formats", default="safetensors,pt2,onnx", help="any of safetensors, pt2, onnx")
+        option(p, "--batch-size", default=8, type=int, help="inputs of the parity check")
+        option(p, "--tolerance", default=1e-4, type=float, help="largest max |diff| / max |output| accepted")
+
     def numbers(p: argparse.ArgumentParser, type: type, **defaults) -> None:
         for name, default in defaults.items():
             option(p, "--" + name.replace("_", "-"), default=default, type=type)
@@ -225,9 +239,14 @@ def build_parser() -> Parser:
                 "safetensors, torch.export, ONNX, each checked against the original")
     p.add_argument("checkpoint", help="last.pt or best.safetensors of a run")
     option(p, "--output", help="folder for the files (default: <checkpoint's folder>/export)")
-    option(p, "--formats", default="safetensors,pt2,onnx", help="any of safetensors, pt2, onnx")
-    option(p, "--batch-size", default=8, type=int, help="inputs of the parity check")
-    option(p, "--tolerance", default=1e-4, type=float, help="largest max |diff| / max |output| accepted")
+    export_options(p)
+
+    p = command("convert", cmd_convert, "a torchvision/timm ResNet's weights as pnnh's residual and pnnh models "
+                "and the plain chain, each checked (docs/workflows/convert.md)")
+    p.add_argument("weights", help="the ResNet's state dict (.pth, .pt) or .safetensors")
+    option(p, "--arch", required=True, choices=list(ARCHS), help="its architecture")
+    option(p, "--output", required=True, help="a new folder for the files")
+    export_options(p)
 
     p = command("bench", cmd_bench, "training and inference throughput side by side, interleaved")
     option(p, "--entries", default="resnet56:residual,resnet56:plain,resnet56:pnnh",

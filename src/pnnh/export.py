@@ -14,6 +14,7 @@ model, which has no plain form, is written as it is. Files in the output folder:
 from __future__ import annotations
 
 import io
+import shutil
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .errors import PnnhError
 from .hub import load_model, model_from_checkpoint
 from .io import make_dir, write_atomic, write_json
 from .progress import log
+from .resnet_import import from_resnet, residual_to_pnnh
 
 FORMATS = ("safetensors", "pt2", "onnx")
 
@@ -40,14 +42,30 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
     Parity: each form's outputs on ``batch_size`` Gaussian inputs (of the model's input size) against
     the original model's, as max |difference| / max |output|; ``passed`` is whether all are <= tolerance.
     """
+    check_export_options(formats, batch_size, tolerance)
+    loaded = load_checkpoint(checkpoint)
+    return export_loaded(model_from_checkpoint(loaded, checkpoint), out, formats, batch_size, tolerance, seed,
+                         source=str(checkpoint))
+
+
+def check_export_options(formats: tuple[str, ...], batch_size: int, tolerance: float) -> None:
     if not tolerance > 0 or batch_size < 1:
         raise PnnhError("--tolerance must be positive and --batch-size at least 1")
     unknown = sorted(set(formats) - set(FORMATS))
-    if unknown:
-        raise PnnhError(f"unknown export format(s) {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
-    loaded = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(loaded, checkpoint)
-    model_config: dict = loaded["model_config"]
+    if unknown or not formats:
+        raise PnnhError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(FORMATS)}")
+    if "onnx" in formats:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise PnnhError("ONNX export needs the export extra: pip install 'pnnh[export]' "
+                            "(or leave onnx out: --formats safetensors,pt2)") from None
+
+
+def export_loaded(model: torch.nn.Module, out: str | Path, formats: tuple[str, ...], batch_size: int,
+                  tolerance: float, seed: int, source: str) -> dict:
+    """``export_model`` for a model already built (its build record in ``model.model_config``)."""
+    model_config: dict = model.model_config  # type: ignore[assignment]
     out = make_dir(Path(out))
     plain = model_config["kind"] != "residual"
     chain = to_plain(model) if plain else None
@@ -57,7 +75,7 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
         expected = model(x)
     parity: dict[str, float] = {}
     files: dict[str, str] = {}
-    report = {"checkpoint": str(checkpoint), "model_config": model_config, "plain_form": plain,
+    report = {"checkpoint": source, "model_config": model_config, "plain_form": plain,
               "params_original": sum(p.numel() for p in model.parameters()),
               "params_exported": sum(p.numel() for p in deploy.parameters()), "tolerance": tolerance,
               "files": files, "parity": parity}
@@ -94,11 +112,7 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
 
 
 def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise PnnhError("ONNX export needs the export extra: pip install 'pnnh[export]' "
-                        "(or leave onnx out: --formats safetensors,pt2)") from None
+    import onnxruntime  # check_export_options saw that it imports
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -122,4 +136,66 @@ def format_export(report: dict, out: str | Path) -> str:
              for name, err in report["parity"].items()]
     lines.append(f"parameters: {report['params_original']:,} -> {report['params_exported']:,}"
                  f"{' (plain form)' if report['plain_form'] else ''}; files in {out}")
+    return "\n".join(lines)
+
+
+def convert_resnet(weights: str | Path, arch: str, out: str | Path, formats: tuple[str, ...] = FORMATS,
+                   batch_size: int = 8, tolerance: float = 1e-4, seed: int = 0) -> dict:
+    """``pnnh convert``: a torchvision/timm ResNet's weights file as pnnh models, written all or nothing
+    into the new folder ``out``:
+
+    - ``residual.safetensors``: the same weights in pnnh's residual model;
+    - ``pnnh.safetensors``: the pnnh kind computing the same function (both load with ``pnnh.load_model``,
+      and ``pnnh eval`` and ``pnnh probe`` take them);
+    - ``plain/``: the pnnh form's plain chain as ``pnnh export`` writes it (safetensors, pt2, ONNX);
+    - ``convert.json``: the weights' origin, and the parity of each form against the residual form on
+      ``batch_size`` Gaussian inputs of 224 x 224.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PnnhError(f"{out} already exists and is not an empty folder: choose another --output")
+    check_export_options(formats, batch_size, tolerance)
+    residual = from_resnet(weights, arch, "residual")
+    pnnh = residual_to_pnnh(residual)
+    partial = out.with_name(out.name + ".partial")  # renamed to out when everything is written
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        for model in (residual, pnnh):
+            save_weights(make_dir(partial) / f"{model.kind}.safetensors", model.state_dict(),
+                         {"model_config": model.model_config})
+        x = torch.randn(batch_size, *residual.model_config["input_size"],
+                        generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            expected = residual(x)
+            parity = {"pnnh": relative_error(pnnh(x), expected)}
+        plain = export_loaded(pnnh, partial / "plain", formats, batch_size, tolerance, seed, source="pnnh.safetensors")
+        parity.update({f"plain {k}": v for k, v in plain["parity"].items()})  # against the pnnh form, itself checked
+        report = {"weights": str(weights), "origin": residual.model_config["origin"],
+                  "parity": parity, "tolerance": tolerance, "passed": all(v <= tolerance for v in parity.values()),
+                  "params": {"residual": sum(p.numel() for p in residual.parameters()),
+                             "pnnh": sum(p.numel() for p in pnnh.parameters()),
+                             "plain chain": plain["params_exported"]},
+                  "files": ["residual.safetensors", "pnnh.safetensors",
+                            *(f"plain/{f}" for f in plain["files"].values()), "plain/export.json"]}
+        if not report["passed"]:
+            raise PnnhError("the converted forms do not compute the same function: "
+                            + ", ".join(f"{k} {v:.2e}" for k, v in parity.items()) + f" (tolerance {tolerance:g})")
+        write_json(partial / "convert.json", report)
+        if out.exists():
+            out.rmdir()
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return report
+
+
+def format_convert(report: dict, out: str | Path) -> str:
+    """The conversion report as text: the origin, each form's parity, the parameter counts."""
+    origin = report["origin"]
+    lines = [f"{origin['arch']} from {report['weights']} (sha256 {origin['sha256'][:12]}...)"]
+    lines += [f"{name:<18} max |difference| / max |logit| = {err:.2e}  "
+              f"({'ok' if err <= report['tolerance'] else 'FAILED'}, tolerance {report['tolerance']:g})"
+              for name, err in report["parity"].items()]
+    lines.append("parameters: " + ", ".join(f"{k} {v:,}" for k, v in report["params"].items()) + f"; files in {out}")
     return "\n".join(lines)
