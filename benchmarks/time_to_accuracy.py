@@ -7,10 +7,11 @@
 
 Every pnnh entry is one `pnnh compare --recipe RECIPE --no-report` run on the full 50,000 training images
 of CIFAR-10 (JPEG q75 copy), tested on the full 10,000-image test set after every epoch, into
-benchmarks/results/time_to_accuracy/<recipe>/runs/ (<recipe>-<N>ep/ with --epochs N; small files committed; a run interrupted resumes, a
-finished one is skipped). airbench 0.1.8's train93 runs through benchmarks/airbench_cpu.py in the timm
-environment (.venv-timm, where torchvision imports). Minutes are training time only (evaluation left out,
-as airbench's own timer does); the machine's CPU model and bf16 units are recorded with the results.
+benchmarks/results/time_to_accuracy/<recipe>/runs/ (<recipe>-<N>ep/ with --epochs N; small files
+committed; a run interrupted resumes, a finished one is skipped). airbench 0.1.8's train93 runs through
+benchmarks/airbench_cpu.py in the timm environment (.venv-timm, where torchvision imports). Minutes are
+training time only (evaluation left out, as airbench's own timer does); the machine's CPU model and bf16
+units are recorded with the results.
 """
 from __future__ import annotations
 
