@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 TIMM_VENV := .venv-timm
 TIMM_TORCH ?= $(if $(filter aarch64,$(shell uname -m)),torch==2.9.1 torchvision==0.24.1,torch==2.14.1 torchvision==0.29.1)
 
-.PHONY: setup timm-setup data lint test demo soak clean
+.PHONY: setup timm-setup data lint test demo soak fuzz clean
 
 $(BIN)/pnnh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ demo: setup data
 SOAK_SECONDS ?= 600
 soak: setup data
 	$(BIN)/python tests/kill_loop.py --seconds $(SOAK_SECONDS)
+
+# The CLI fuzzer's full sweep (the tests run a sample): every sub-command x option x hostile value (about 10 minutes).
+fuzz: setup data
+	$(BIN)/python tests/fuzz_cli.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) runs .pytest_cache

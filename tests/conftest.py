@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from pnnh.convert import randomise_batchnorm  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PNNH_DATA_DIR", ROOT.parent / "shared" / "data"))
 
@@ -66,13 +68,3 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     return lines[-1]
 
 
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 1) -> None:
-    """Give every BatchNorm non-trivial statistics and affine weights, so folding them is really tested."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)

@@ -15,8 +15,11 @@ from conftest import assert_one_line_error, pnnh_main
 CASES = [
     (["train", "--device", "mps"], ["--device 'mps' cannot be used", "usable: auto, cpu"]),
     (["train", "--device", "cuda:99"], ["--device 'cuda:99' cannot be used"]),
-    (["theory", "--sigma", "nan"], ["finite --sigma > 0"]),
-    (["theory", "--mu", "inf"], ["finite --mu"]),
+    (["theory", "--sigma", "nan"], ["--sigma must be a finite number, got nan"]),
+    (["theory", "--mu", "inf"], ["--mu must be a finite number, got inf"]),
+    (["theory", "--width", "99999999999999999999"], ["--width must be from 2 to 65,536"]),
+    (["bench", "--input-size", "0"], ["--input-size must be from 8 to 4,096, got 0"]),
+    (["train", "--nproc", "0"], ["--nproc must be from 1 to 1,024"]),
     (["compare", "--seeds", "abc"], ["--seeds 'abc' is neither a count"]),
     (["train", "--model-kwargs", "num_classes=3"], ["model option num_classes is set from the data"]),
     (["train", "--kind", "pnnh", "--model-kwargs", "code_ratio=abc"],
@@ -69,3 +72,15 @@ def test_an_empty_class_folder_in_the_training_split_is_refused(tmp_path: Path) 
     (data / "train" / "empty").rmdir()
     assert load_dataset("imagefolder", data, "train", cache_dir=cache).classes == ["a", "b"]
     assert torch.is_tensor(load_dataset("imagefolder", data, "test", cache_dir=cache).images)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("repeats: abc\n", "--repeats must be an integer, got 'abc' (in "),
+    ("json: maybe\n", "--json must be true or false, got 'maybe'"),
+    ("amp: fp8\n", "--amp must be one of none, bf16, got 'fp8'"),
+    ("batch_size: 0\n", "--batch-size must be from 1 to 65,536, got 0"),
+])
+def test_a_config_file_value_is_checked_as_the_command_line_is(tmp_path: Path, text: str, fragment: str) -> None:
+    config = tmp_path / "bench.yaml"
+    config.write_text(text)
+    assert_one_line_error(pnnh_main("bench", "--config", config), fragment)

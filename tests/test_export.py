@@ -87,7 +87,7 @@ def test_export_cli_json_and_failing_parity(tmp_path: Path) -> None:
     failing = pnnh_main("export", weights, "--output", tmp_path / "strict", "--formats", "safetensors",
                         "--tolerance", "1e-30")
     assert_one_line_error(failing, "export parity failed for")
-    assert_one_line_error(pnnh_main("export", weights, "--formats", "tflite"), "unknown export format")
+    assert_one_line_error(pnnh_main("export", weights, "--formats", "tflite"), "unknown --formats tflite")
 
 
 def test_tensorboard_events_hold_the_metrics(tmp_path: Path) -> None:

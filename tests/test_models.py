@@ -238,7 +238,7 @@ def test_cli_models_json() -> None:
 
 
 def test_cli_bad_pattern_is_one_line() -> None:
-    assert_one_line_error(run_cli("models", "nosuchnet*"), "no model matches")
+    assert_one_line_error(run_cli("models", "nosuchnet*"), "no model matches the pattern")
 
 
 @pytest.mark.parametrize("options,identity", [({}, True), ({"coder_share": "block"}, True),

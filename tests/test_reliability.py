@@ -76,7 +76,7 @@ def test_resume_continues_exactly_that_run_and_refuses_other_settings(tmp_path: 
     line = cli_error("train", "--resume", a / "last.pt", "--output", tmp_path / "b")
     assert "already holds a run" in line
     line = cli_error("eval", "--checkpoint", a / "last.pt", "--data", "fashion-mnist", "--batch-size", "0")
-    assert "--batch-size must be at least 1" in line
+    assert "--batch-size must be from 1 to 65,536" in line
 
 
 def test_compare_refuses_runs_with_other_settings_and_honours_config(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_yaml_values_are_checked_by_type_for_every_command(tmp_path: Path) -> No
     config.write_text("epochs: 2.5\n")
     assert "--epochs must be an integer" in cli_error("train", *TINY, "--config", config)
     config.write_text("repeats: 0\n")
-    assert "at least 1" in cli_error("bench", "--config", config)
+    assert "--repeats must be from 1 to 1,000, got 0" in cli_error("bench", "--config", config)
     config.write_text("[1, 2]\n")
     assert "must be a mapping" in cli_error("probe", "--config", config)
 

@@ -110,3 +110,26 @@ def test_convert_refusals_leave_nothing_behind(tmp_path: Path) -> None:
     (out / "keep.txt").write_text("mine")
     assert_one_line_error(pnnh_main("convert", weights, "--arch", "resnet18", "--output", out), "not an empty folder")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_converted_model_is_evaluated_and_probed_like_a_trained_run(tmp_path: Path, cifar_jpeg: Path) -> None:
+    weights = tmp_path / "resnet18-cifar.pth"
+    torch.save(torchvision_state("resnet18", num_classes=10), weights)  # as if fine-tuned on 10 classes
+    out = tmp_path / "converted"
+    assert pnnh_main("convert", weights, "--arch", "resnet18", "--output", out, "--formats", "safetensors",
+                     "--batch-size", "1").returncode == 0
+    data = ["--data", "imagefolder", "--data-dir", cifar_jpeg, "--workers", "0", "--device", "cpu"]
+    result = pnnh_main("eval", "--checkpoint", out / "pnnh.safetensors", *data, "--test-subset", "64", "--json")
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["images"] == 64 and 0 <= scores["top1"] <= 1 and scores["kind"] == "pnnh"
+    probe = pnnh_main("probe", "--checkpoint", out / "residual.safetensors", "--data", "imagefolder", "--data-dir",
+                      cifar_jpeg, "--num-images", "16", "--json")
+    assert probe.returncode == 0, probe.stderr
+    assert json.loads(probe.stdout)["layers"]
+    seven = tmp_path / "seven"
+    torch.save(torchvision_state("resnet18", num_classes=7), tmp_path / "seven.pth")
+    assert pnnh_main("convert", tmp_path / "seven.pth", "--arch", "resnet18", "--output", seven, "--formats",
+                     "safetensors", "--batch-size", "1").returncode == 0
+    assert_one_line_error(pnnh_main("eval", "--checkpoint", seven / "pnnh.safetensors", *data), "scores 7 classes",
+                          "has 10")

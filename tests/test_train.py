@@ -195,7 +195,7 @@ def test_bad_input_leaves_existing_results_alone(tmp_path: Path) -> None:
     assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--opt", "lion", "--output",
                                     tmp_path / "x"), "unknown --opt 'lion'")
     assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--batch-size", "0", "--output",
-                                    tmp_path / "x"), "--batch-size must be at least 1")
+                                    tmp_path / "x"), "--batch-size must be from 1 to 65,536")
     assert_one_line_error(pnnh_main("train", "--model", "resnet20", *base, "--model-kwargs", "coder_share=x",
                                     "--kind", "pnnh", "--output", tmp_path / "x"), "unknown coder_share")
     assert ((run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before

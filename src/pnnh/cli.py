@@ -4,6 +4,7 @@ with ``default=SUPPRESS`` and their defaults kept in ``DEFAULTS``, so the namesp
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -20,7 +21,7 @@ from .config import HELP, TrainConfig
 from .entries import Entry, entries_from_options, parse_entries, parse_kwargs, parse_seeds
 from .errors import PnnhError
 from .evaluate import EVAL_OPTIONS, evaluate_checkpoint, format_eval
-from .export import convert_resnet, export_model, format_convert, format_export
+from .export import convert_resnet, export_model, format_convert, format_export, parse_formats
 from .io import dumps, read_yaml
 from .profile import format_model_table, model_table
 from .progress import log, setup_logging
@@ -29,6 +30,8 @@ from .resnet_import import ARCHS
 from .train import TrainingInterrupted, train
 
 DEFAULTS: dict[str, dict[str, Any]] = {}  # sub-command -> {dest: default}
+ACTIONS: dict[str, dict[str, argparse.Action]] = {}  # sub-command -> {dest: its option}
+BOUNDS: dict[str, dict[str, tuple[float, float]]] = {}  # sub-command -> {dest: (lowest, highest) allowed}
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,10 +49,38 @@ def removed(instead: str) -> type[argparse.Action]:
     return Removed
 
 
-def option(p: argparse.ArgumentParser, *flags: str, default: Any = None, **kwargs) -> None:
-    """``p.add_argument`` whose default is recorded in DEFAULTS instead of the namespace."""
+def option(p: argparse.ArgumentParser, *flags: str, default: Any = None, bounds: tuple[float, float] | None = None,
+           **kwargs) -> None:
+    """``p.add_argument`` whose default is recorded in DEFAULTS instead of the namespace; ``bounds``: the
+    lowest and highest value allowed (checked with the option's type by ``check_values``)."""
     action = p.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
-    DEFAULTS[p.prog.split()[-1]][action.dest] = default
+    command = p.prog.split()[-1]
+    DEFAULTS[command][action.dest] = default
+    ACTIONS.setdefault(command, {})[action.dest] = action
+    if bounds:
+        BOUNDS.setdefault(command, {})[action.dest] = bounds
+
+
+def check_values(command: str, values: dict[str, Any], source: str) -> None:
+    """Each value of an option (from the line or a --config file) of its option's type, choices and bounds."""
+    for dest, value in values.items():
+        action, flag = ACTIONS[command].get(dest), "--" + dest.replace("_", "-")
+        if action is None or value is None:
+            continue
+        kind = "bool" if action.nargs == 0 else getattr(action.type, "__name__", "")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        fits = {"bool": isinstance(value, bool), "int": number and isinstance(value, int),
+                "float": number and math.isfinite(value), "str": isinstance(value, str)}
+        if not fits.get(kind, True):
+            raise PnnhError(f"{flag} must be {_WORDS[kind]}, got {value!r} ({source})")
+        if action.choices is not None and value not in action.choices:
+            raise PnnhError(f"{flag} must be one of {', '.join(map(str, action.choices))}, got {value!r} ({source})")
+        low, high = BOUNDS.get(command, {}).get(dest, (-math.inf, math.inf))
+        if number and not low <= value <= high:
+            raise PnnhError(f"{flag} must be from {low:,} to {high:,}, got {value!r}")
+
+
+_WORDS = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string"}
 
 
 def train_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None, **defaults) -> None:
@@ -93,6 +124,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     command = parsed.pop("command")
     from_file = yaml_options(parsed["config"], command) if parsed.get("config") else {}
     chosen = {**from_file, **parsed}
+    check_values(command, from_file, f"in {parsed['config']}" if from_file else "")
+    check_values(command, parsed, "on the command line")
     recipe = recipe_options(chosen["recipe"], chosen.get("device", "auto")) if chosen.get("recipe") else {}
     args = argparse.Namespace(**{**DEFAULTS[command], **recipe, **chosen})
     args.command, args.given = command, set(recipe) | set(from_file) | set(parsed) - {"config"}
@@ -105,7 +138,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    if args.nproc and args.nproc > 1:
+    if args.nproc is not None and args.nproc > 1:
         raise SystemExit(distributed.launch(args.nproc, args.argv))
     cfg = config_from_args(args)
     resume = None if args.resume is None else args.resume if args.resume != "auto" else str(cfg.run_dir / "last.pt")
@@ -129,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     out = args.output or Path(args.checkpoint).parent / "export"
-    report = export_model(args.checkpoint, out, split(args.formats), args.batch_size, args.tolerance)
+    report = export_model(args.checkpoint, out, parse_formats(args.formats), args.batch_size, args.tolerance)
     print(dumps(report) if args.json else format_export(report, out))
     if not report["passed"]:
         failed = [k for k, v in report["parity"].items() if v > args.tolerance]
@@ -137,12 +170,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    report = convert_resnet(args.weights, args.arch, args.output, split(args.formats), args.batch_size, args.tolerance)
+    formats = parse_formats(args.formats)
+    report = convert_resnet(args.weights, args.arch, args.output, formats, args.batch_size, args.tolerance)
     print(dumps(report) if args.json else format_convert(report, args.output))
-
-
-def split(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -212,12 +242,8 @@ def build_parser() -> Parser:
 
     def export_options(p: argparse.ArgumentParser) -> None:
         option(p, "--formats", default="safetensors,pt2,onnx", help="any of safetensors, pt2, onnx")
-        option(p, "--batch-size", default=8, type=int, help="inputs of the parity check")
+        option(p, "--batch-size", default=8, type=int, bounds=(1, 4096), help="inputs of the parity check")
         option(p, "--tolerance", default=1e-4, type=float, help="largest max |diff| / max |output| accepted")
-
-    def numbers(p: argparse.ArgumentParser, type: type, **defaults) -> None:
-        for name, default in defaults.items():
-            option(p, "--" + name.replace("_", "-"), default=default, type=type)
 
     p = command("models", cmd_models, "list every registered model with its parameters and MACs per kind")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
@@ -226,7 +252,7 @@ def build_parser() -> Parser:
     train_options(p)
     option(p, "--resume", nargs="?", const="auto", metavar="CHECKPOINT",
            help="continue an interrupted run (default: <output>/last.pt)")
-    option(p, "--nproc", type=int, help="launch N data-parallel processes (via torchrun)")
+    option(p, "--nproc", type=int, bounds=(1, 1024), help="launch N data-parallel processes (via torchrun)")
 
     p = command("eval", cmd_eval, "evaluate a checkpoint: top-1, top-5, loss, images/s")
     option(p, "--checkpoint", required=True)
@@ -253,10 +279,13 @@ def build_parser() -> Parser:
            help=ENTRIES_HELP + "; a last part :plain_form measures the to_plain chain; ratios are to the first")
     p.add_argument("--models", action=removed("name the entries with --entries"), help=argparse.SUPPRESS)
     option(p, "--device", default="cpu")
-    option(p, "--input-size", type=int, help="image side (default: the model's)")
-    option(p, "--repeats", default=5, type=int, help="interleaved rounds; the median is reported")
-    option(p, "--steps", default=3, type=int, help="steps timed per entry and round")
-    numbers(p, int, batch_size=32, in_chans=3, num_classes=10, warmup=2)
+    option(p, "--input-size", type=int, bounds=(8, 4096), help="image side (default: the model's)")
+    option(p, "--repeats", default=5, type=int, bounds=(1, 1000), help="interleaved rounds; the median is reported")
+    option(p, "--steps", default=3, type=int, bounds=(1, 10_000), help="steps timed per entry and round")
+    option(p, "--batch-size", default=32, type=int, bounds=(1, 65_536))
+    option(p, "--in-chans", default=3, type=int, bounds=(1, 1024))
+    option(p, "--num-classes", default=10, type=int, bounds=(1, 1_000_000))
+    option(p, "--warmup", default=2, type=int, bounds=(0, 10_000))
     option(p, "--channels-last", default=False, action="store_true")
     option(p, "--amp", default="none", choices=["none", "bf16"])
     option(p, "--compile", default=False, action="store_true", help="torch.compile every entry")
@@ -282,13 +311,17 @@ def build_parser() -> Parser:
     option(p, "--entries", help="instead of --model/--kinds: " + ENTRIES_HELP)
     option(p, "--checkpoint", help="probe trained weights (default: at initialisation)")
     train_options(p, ("data", "data_dir", "cache_dir", "seed"))
-    option(p, "--num-images", default=256, type=int)
+    option(p, "--num-images", default=256, type=int, bounds=(8, 1_000_000))
     option(p, "--dists-weights", help="ImageNet VGG16 state dict (torchvision layout) for DISTS")
     option(p, "--output", help="folder for probe.json, probe.csv and PNG plots")
 
     p = command("theory", cmd_theory, "Monte Carlo checks of Theorems 3.2, 3.3 and Proposition 3.1")
-    numbers(p, int, width=512, depth=20, samples=2048, seed=0)
-    numbers(p, float, mu=1.0, sigma=1.0)  # the input's mean (Theorem 3.3; 3.2 also runs at 0) and std
+    option(p, "--width", default=512, type=int, bounds=(2, 65_536))
+    option(p, "--depth", default=20, type=int, bounds=(1, 10_000))
+    option(p, "--samples", default=2048, type=int, bounds=(8, 10_000_000))
+    option(p, "--seed", default=0, type=int, bounds=(0, 2**32 - 1))
+    option(p, "--mu", default=1.0, type=float, help="the input's mean (Theorem 3.3; 3.2 also runs at 0)")
+    option(p, "--sigma", default=1.0, type=float, help="the input's standard deviation")
     option(p, "--output", help="folder for theory.json and theory.png")
     return parser
 

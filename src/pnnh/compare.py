@@ -106,7 +106,20 @@ def compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path
     A run folder already there is reused only if it holds the same run (see ``existing_run``). With
     ``report=False`` only the runs are made: a worker filling one (entry, seed) of a larger matrix leaves
     the folder's report, plots and probe to the compare over all of them."""
-    make_dir(out)
+    for entry in entries:  # every run's settings, checked before anything is written
+        replace(base, model=entry.model, kind=entry.kind, model_kwargs=dict(entry.kwargs)).validate()
+    created = not out.exists()
+    make_dir(out, "--output")
+    try:
+        return _compare(entries, base, seeds, out, command, overwrite, report)
+    except PnnhError:  # refused (data, device, a stale run, ...) before any run wrote a file: leave nothing
+        if created and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _compare(entries: list[Entry], base: TrainConfig, seeds: list[int], out: Path, command: str,
+             overwrite: bool, report: bool) -> dict:
     plan = [(e, s) for e in entries for s in seeds]
     runs: dict[tuple[str, int], dict] = {}
     trained: dict[str, torch.nn.Module] = {}  # seed 0's trained model of each entry, where last.pt is here
@@ -340,17 +353,23 @@ def write_plots(out: Path, results: dict, runs: dict) -> list[str]:
     save_figure(fig, out / "curves.png")
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in entries:
-        axes[0].errorbar(r["params"] / 1e6, 100 * r["test_acc_mean"], yerr=100 * r["test_acc_std"], fmt="o",
-                         capsize=3, label=r["label"])
-    axes[0].set(xlabel="parameters (M)", ylabel="final test accuracy (%)")
-    axes[0].legend(fontsize=8)
-    labels = [r["label"] for r in entries]
-    axes[1].bar(range(len(entries)), [r["train_img_s"] for r in entries],
-                yerr=[r["train_img_s_std"] for r in entries], capsize=3)
-    axes[1].set_xticks(range(len(entries)), labels, rotation=20, ha="right", fontsize=8)
+    # one column per entry (kinds often have nearly the same parameter count: on a parameter axis their
+    # points would sit on one another), the count in its label
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    at = range(len(entries))
+    labels = [f"{r['label']}\n{r['params'] / 1e6:.2f}M params" for r in entries]
+    for i, r in zip(at, entries):
+        axes[0].errorbar(i, 100 * r["test_acc_mean"], yerr=100 * r["test_acc_std"], fmt="o", capsize=4,
+                         color=f"C{i % 10}")
+        axes[0].annotate(f"{100 * r['test_acc_mean']:.1f}%", (i, 100 * r["test_acc_mean"]),
+                         textcoords="offset points", xytext=(8, 0), va="center", fontsize=8)
+    axes[0].set(ylabel=f"final test accuracy (%), mean ± std over {len(seeds)} seed(s)",
+                xlim=(-0.5, len(entries) - 0.5))
+    axes[1].bar(at, [r["train_img_s"] for r in entries], yerr=[r["train_img_s_std"] for r in entries], capsize=3,
+                color=[f"C{i % 10}" for i in at])
     axes[1].set(ylabel="training images/s")
+    for ax in axes:
+        ax.set_xticks(at, labels, rotation=20, ha="right", fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "accuracy_params_throughput.png")
     plt.close(fig)

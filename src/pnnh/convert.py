@@ -239,6 +239,19 @@ def _sublayer(sublayer: Attention | Mlp, d: int, k: int, encode: torch.Tensor | 
     return [_linear(up, bias_up), mix, _linear(down, b2)]
 
 
+def randomise_batchnorm(model: nn.Module, seed: int = 1) -> None:
+    """Give every BatchNorm non-trivial statistics and affine weights (a fresh one folds to the identity),
+    so that a check of folding or conversion is a real check."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+
+
 def chain_spec(chain: nn.Sequential) -> list[dict]:
     """The plain chain's layers as JSON-able dicts: what an export stores so the chain can be rebuilt
     from its weights without pickle (``chain_from_spec``)."""

@@ -11,19 +11,20 @@ from .models.registry import check_options
 RESERVED = ("num_classes", "in_chans")
 
 
-def parse_kwargs(items: list[str] | dict) -> dict:
+def parse_kwargs(items: list[str] | dict, option: str = "--model-kwargs") -> dict:
     """``["learner_ratio=0.5", "coder=learned"]`` -> {"learner_ratio": 0.5, "coder": "learned"}; an item may
     hold several, separated by commas as in ``--entries`` (``"coder=learned,coder_share=block"``). A mapping
-    (a --config file's ``model_kwargs:``) is read as its ``key=value`` items."""
+    (a --config file's ``model_kwargs:``) is read as its ``key=value`` items; errors name ``option``."""
     if isinstance(items, dict):
         items = [f"{k}={v}" for k, v in items.items()]
     if not (isinstance(items, list) and all(isinstance(item, str) for item in items)):
-        raise PnnhError(f"model options must be key=value words or a mapping of option: value, got {items!r:.100}")
+        raise PnnhError(f"{option}: model options must be key=value words or a mapping of option: value, "
+                        f"got {items!r:.100}")
     out: dict = {}
     for item in (piece for words in items for piece in words.split(",") if piece):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise PnnhError(f"model option {item!r} is not key=value")
+            raise PnnhError(f"{option}: model option {item!r} is not key=value")
         for cast in (int, float):
             try:
                 out[key] = cast(value)
@@ -63,10 +64,11 @@ class Entry:
         if plain_form:
             parts = parts[:-1]
         if len(parts) < 2 or not parts[0] or not parts[1]:
-            raise PnnhError(f"entry {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
+            raise PnnhError(f"--entries: {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
         if plain_form and parts[1] == "residual":
-            raise PnnhError(f"entry {text!r}: a residual model has no plain form; use the plain or pnnh kind")
-        kwargs = parse_kwargs([kv for kv in ":".join(parts[2:]).split(",") if kv]) if len(parts) > 2 else {}
+            raise PnnhError(f"--entries: {text!r}: a residual model has no plain form; use the plain or pnnh kind")
+        options = [kv for kv in ":".join(parts[2:]).split(",") if kv]
+        kwargs = parse_kwargs(options, "--entries") if options else {}
         check_options(parts[0], parts[1], kwargs, RESERVED)
         return cls(parts[0], parts[1], kwargs, plain_form)
 
@@ -123,9 +125,16 @@ def entries_from_options(entries: str | None, model: str | None, kinds: str | No
 def parse_seeds(text: str, first: int = 0) -> list[int]:
     """``--seeds``: a count from ``first`` ("3": first, first+1, first+2) or a list ("0,1,2")."""
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()] if "," in text else list(range(first, first + int(text)))
+        listed = [int(s) for s in text.split(",") if s.strip()] if "," in text else None
+        count = None if listed is not None else int(text)
     except ValueError:
         raise PnnhError(f"--seeds {text!r} is neither a count (3) nor a list (0,1,2)") from None
-    if not seeds:
-        raise PnnhError("--seeds needs a count (3) or a list (0,1,2)")
+    if count is not None and not 1 <= count <= MAX_SEEDS:
+        raise PnnhError(f"--seeds: a count from 1 to {MAX_SEEDS}, got {count}")
+    seeds = listed if listed is not None else list(range(first, first + count))  # type: ignore[operator]
+    if not seeds or len(seeds) > MAX_SEEDS or not all(0 <= s < 2**32 for s in seeds):
+        raise PnnhError(f"--seeds needs a count (3) or a list (0,1,2) of at most {MAX_SEEDS} seeds from 0 to 2**32 - 1")
     return seeds
+
+
+MAX_SEEDS = 1000

@@ -103,6 +103,9 @@ def check_fits(model_config: dict, data, source: str, data_name: str) -> None:
     if model_config["classes"] and len(model_config["classes"]) != len(data.classes):
         raise PnnhError(f"{source} was trained on {len(model_config['classes'])} classes, the test split of "
                         f"{data_name} has {len(data.classes)}: evaluate it on the data it was trained on")
+    if model_config["num_classes"] < len(data.classes):
+        raise PnnhError(f"{source} scores {model_config['num_classes']} classes, the test split of {data_name} has "
+                        f"{len(data.classes)}: evaluate it on data with at most {model_config['num_classes']} classes")
     if model_info(model_config["name"])["img_size_option"] and tuple(model_config["input_size"][1:]) != size:
         raise PnnhError(f"{source} is built for {model_config['input_size'][1]}x{model_config['input_size'][2]} "
                         f"images, the test split of {data_name} has {size[0]}x{size[1]}: evaluate it on images of "

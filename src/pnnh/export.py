@@ -48,12 +48,17 @@ def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ..
                          source=str(checkpoint))
 
 
+def parse_formats(text: str) -> tuple[str, ...]:
+    """--formats: a comma-separated list."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def check_export_options(formats: tuple[str, ...], batch_size: int, tolerance: float) -> None:
     if not tolerance > 0 or batch_size < 1:
         raise PnnhError("--tolerance must be positive and --batch-size at least 1")
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
-        raise PnnhError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(FORMATS)}")
+        raise PnnhError(f"unknown --formats {', '.join(unknown) or '(none given)'}; valid: {', '.join(FORMATS)}")
     if "onnx" in formats:
         try:
             import onnxruntime  # noqa: F401
@@ -66,7 +71,7 @@ def export_loaded(model: torch.nn.Module, out: str | Path, formats: tuple[str, .
                   tolerance: float, seed: int, source: str) -> dict:
     """``export_model`` for a model already built (its build record in ``model.model_config``)."""
     model_config: dict = model.model_config  # type: ignore[assignment]
-    out = make_dir(Path(out))
+    out = make_dir(Path(out), "--output")
     plain = model_config["kind"] != "residual"
     chain = to_plain(model) if plain else None
     deploy = chain if chain is not None else model
@@ -151,6 +156,8 @@ def convert_resnet(weights: str | Path, arch: str, out: str | Path, formats: tup
     - ``convert.json``: the weights' origin, and the parity of each form against the residual form on
       ``batch_size`` Gaussian inputs of 224 x 224.
     """
+    if str(out).strip() in ("", "."):
+        raise PnnhError("--output must name a new folder for the converted files")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PnnhError(f"{out} already exists and is not an empty folder: choose another --output")
@@ -161,7 +168,7 @@ def convert_resnet(weights: str | Path, arch: str, out: str | Path, formats: tup
     shutil.rmtree(partial, ignore_errors=True)
     try:
         for model in (residual, pnnh):
-            save_weights(make_dir(partial) / f"{model.kind}.safetensors", model.state_dict(),
+            save_weights(make_dir(partial, "--output") / f"{model.kind}.safetensors", model.state_dict(),
                          {"model_config": model.model_config})
         x = torch.randn(batch_size, *residual.model_config["input_size"],
                         generator=torch.Generator().manual_seed(seed))

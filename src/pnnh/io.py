@@ -36,14 +36,16 @@ def describe_os_error(e: OSError) -> str:
     return _CAUSES.get(e.errno or 0, e.strerror or type(e).__name__)
 
 
-def make_dir(path: Path) -> Path:
-    """``mkdir -p`` with a one-line error (read-only, permission, a file in the way)."""
+def make_dir(path: Path, option: str | None = None) -> Path:
+    """``mkdir -p`` with a one-line error (read-only, permission, a file in the way) naming ``option``, the
+    command-line option that chose the folder, if any."""
+    named = f" ({option})" if option else ""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise PnnhError(f"cannot create folder {path}: a file of that name is in the way") from None
+        raise PnnhError(f"cannot create folder {path}{named}: a file of that name is in the way") from None
     except OSError as e:
-        raise PnnhError(f"cannot create folder {path}: {describe_os_error(e)}") from None
+        raise PnnhError(f"cannot create folder {path}{named}: {describe_os_error(e)}") from None
     return path
 
 

@@ -40,7 +40,7 @@ def model_table(pattern: str | None = None) -> list[dict]:
     """``pnnh models``: every registered model (matching ``pattern``) with its parameters and MACs per kind."""
     names = list_models(pattern)
     if not names:
-        raise PnnhError(f"no model matches {pattern!r}; try `pnnh models` for the full list")
+        raise PnnhError(f"no model matches the pattern {pattern!r}; try `pnnh models` for the full list")
     rows = []
     for name in bar(names, desc="models", unit="model"):
         per_kind = {kind: model_summary(name, kind) for kind in KINDS}

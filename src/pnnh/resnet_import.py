@@ -156,8 +156,10 @@ def _read_weights(weights: dict | str | Path, arch: str) -> tuple[dict, dict]:
     if isinstance(weights, dict):
         return weights, {"library": None, "arch": arch, "sha256": digest(weights)}
     path = Path(weights)
+    if not path.is_file():
+        raise PnnhError(f"weights file {path} does not exist")
     if path.suffix not in (".pth", ".pt", ".bin", ".safetensors"):
-        raise PnnhError(f"{path}: give a state dict file (.pth, .pt) or a .safetensors file")
+        raise PnnhError(f"weights file {path}: give a state dict file (.pth, .pt) or a .safetensors file")
     state = load_checkpoint(path)["model"]  # refuses missing, damaged and unsafe files
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PnnhError(f"{path} is not a state dict of tensors")

@@ -267,7 +267,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     """
     checkpoint = None
     if resume is not None:
-        checkpoint = load_training_state(resume)
+        try:
+            checkpoint = load_training_state(resume)
+        except PnnhError as e:
+            raise PnnhError(f"--resume: {e}") from None
         cfg = resume_config(cfg, TrainConfig.from_dict(checkpoint["config"]), resume, given)
     cfg.validate()
     check_options(cfg.model, cfg.kind, cfg.model_kwargs, RESERVED)  # before any data is read
@@ -311,7 +314,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     if checkpoint is not None and resume is not None:
         run.restore(checkpoint, resume)
     if dist_info.is_main:
-        make_dir(run_dir)
+        make_dir(run_dir, "--output")
         remove_leftovers(run_dir)  # left by a process killed while writing
         write_json(run_dir / "config.json", asdict(cfg))
         write_json(run_dir / "model.json", model_config)  # how to rebuild the model, beside the metrics

@@ -67,7 +67,8 @@ class DISTS(nn.Module):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 -- torch.load raises many types on a damaged or unsafe file
-            raise PnnhError(f"cannot load DISTS weights {path}: {str(e).splitlines()[0][:200]}") from None
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise PnnhError(f"cannot load DISTS weights {path} (--dists-weights): {first}") from None
         stages, channels, index, in_ch = [], [], 0, 3
         for spec in VGG16_STAGES:
             layers: list[nn.Module] = []

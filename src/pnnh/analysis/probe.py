@@ -158,6 +158,8 @@ def probe_entries(entries: list[Entry], checkpoint: str | None = None, data: str
                   dists_weights: str | None = None) -> list[dict]:
     """``pnnh probe``: each entry at initialisation (seeded), or the trained model of ``checkpoint`` (then
     ``entries`` must be empty), on ``num_images`` test images of ``data``; one result per model."""
+    if not 0 <= seed < 2**32:
+        raise PnnhError(f"--seed must be from 0 to 4,294,967,295, got {seed}")
     loaded = load_checkpoint(checkpoint) if checkpoint else {}
     model_config = loaded.get("model_config")
     if checkpoint and not model_config:
@@ -186,7 +188,7 @@ def probe_entries(entries: list[Entry], checkpoint: str | None = None, data: str
 
 def write_probe(runs: list[dict], out: Path) -> list[Path]:
     """probe.json, probe.csv (a row per layer) and the PNG plots in ``out``; returns the plots written."""
-    make_dir(out)
+    make_dir(out, "--output")
     write_json(out / "probe.json", runs if len(runs) > 1 else runs[0])
     write_csv(out / "probe.csv", [{"model": run["model"], "kind": run["kind"], "label": run["label"], **row}
                                   for run in runs for row in run["layers"]],

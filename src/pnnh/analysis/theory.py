@@ -106,7 +106,7 @@ def theory(width: int = 512, depth: int = 20, samples: int = 2048, mu: float = 1
 
 def write_theory(result: dict, out: Path) -> Path:
     """theory.json and theory.png in ``out``; returns the plot's path."""
-    make_dir(out)
+    make_dir(out, "--output")
     write_json(out / "theory.json", result)
     return plot_theory(result, out)
 

@@ -97,7 +97,7 @@ def load_dataset(name: str, data_dir: str | Path | None, split: str, download: b
         if path is None:
             raise PnnhError("--data-dir is needed for an image folder (train/<class>/*.jpg, val/<class>/*.jpg)")
         if not path.is_dir():
-            raise PnnhError(f"data folder {path} does not exist")
+            raise PnnhError(f"data folder {path} (--data-dir) does not exist")
         return _load_image_folder(path, split, Path(cache_dir) if cache_dir else default_cache_dir(), image_size,
                                   pipeline)
     check_arrays(images, labels, classes, f"{name} {split} split in {path}")

@@ -219,7 +219,7 @@ def read_mnist(name: str, data_dir: Path | None, split: str, download_to: Path |
             raise PnnhError(f"--data-dir is needed for {name} (or --download"
                             + ("; or apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ")"))
     if not data_dir.is_dir():
-        raise PnnhError(f"data folder {data_dir} does not exist")
+        raise PnnhError(f"data folder {data_dir} (--data-dir) does not exist")
     image_file, label_file = IDX_FILES[split]
     images = _read_idx(_find(data_dir, image_file), 3)
     labels = _read_idx(_find(data_dir, label_file), 1).astype(np.int64)
