@@ -47,7 +47,7 @@ lint: setup
 
 test: setup data timm-setup lint
 	$(BIN)/python -m pytest -q
-	$(TIMM_VENV)/bin/python -m pytest -q tests/test_timm.py
+	$(TIMM_VENV)/bin/python -m pytest -q tests/test_timm.py tests/test_resnet_torchvision.py
 
 # The main job: resnet56 in the three kinds, 2 seeds, side by side on Fashion-MNIST (about 5 minutes on 2 cores).
 DEMO_OUT ?= reports/demo
