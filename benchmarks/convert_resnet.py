@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import io
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -38,7 +36,7 @@ import pnnh
 from pnnh.convert import randomise_batchnorm
 from pnnh.data import load_dataset
 from pnnh.device import bf16_units, cpu_name
-from pnnh.export import relative_error
+from pnnh.export import onnx_bytes, relative_error
 from pnnh.io import write_atomic, write_json
 from pnnh.profile import count_macs
 from pnnh.resnet_import import IMAGENET_MEAN, IMAGENET_STD
@@ -89,20 +87,16 @@ def parity(models: dict, n: int, chain_n: int) -> dict:
 
 
 def onnx_session(model: torch.nn.Module):
-    """The model as an onnxruntime session, or the reason there is none."""
+    """The model as an onnxruntime session (pnnh.export's ONNX writer), or the reason there is none."""
     try:
         import onnxruntime
     except ImportError:
         return None, "onnxruntime not installed"
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), buf, input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
-        except Exception as e:  # noqa: BLE001 -- recorded as the result: why this form has no ONNX file
-            return None, f"{type(e).__name__}: {str(e)[:160]}"
-    return onnxruntime.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"]), None
+    try:
+        program = onnx_bytes(model, torch.randn(1, 3, 224, 224))
+    except pnnh.PnnhError as e:
+        return None, str(e)
+    return onnxruntime.InferenceSession(program, providers=["CPUExecutionProvider"]), None
 
 
 def speed(runners: dict, batch: int, repeats: int) -> dict:

@@ -239,6 +239,11 @@ def _sublayer(sublayer: Attention | Mlp, d: int, k: int, encode: torch.Tensor | 
     return [_linear(up, bias_up), mix, _linear(down, b2)]
 
 
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected|: how every parity in pnnh is measured."""
+    return float((got.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-12))
+
+
 def randomise_batchnorm(model: nn.Module, seed: int = 1) -> None:
     """Give every BatchNorm non-trivial statistics and affine weights (a fresh one folds to the identity),
     so that a check of folding or conversion is a real check."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint, save_weights
-from .convert import chain_spec, to_plain
+from .convert import chain_spec, relative_error, to_plain
 from .errors import PnnhError
 from .hub import load_model, model_from_checkpoint
 from .io import make_dir, write_atomic, write_json
@@ -29,10 +29,6 @@ from .progress import log
 from .resnet_import import from_resnet, residual_to_pnnh
 
 FORMATS = ("safetensors", "pt2", "onnx")
-
-
-def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((got.float() - expected.float()).abs().max() / expected.float().abs().max().clamp_min(1e-12))
 
 
 def export_model(checkpoint: str | Path, out: str | Path, formats: tuple[str, ...] = FORMATS, batch_size: int = 8,
@@ -116,8 +112,9 @@ def export_loaded(model: torch.nn.Module, out: str | Path, formats: tuple[str, .
     return report
 
 
-def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
-    import onnxruntime  # check_export_options saw that it imports
+def onnx_bytes(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+    """The model as an ONNX file's bytes (input ``images``, output ``logits``, batch size free); a model
+    the exporter cannot write (e.g. over protobuf's 2 GiB) is a one-line refusal."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -127,7 +124,12 @@ def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
         except Exception as e:  # noqa: BLE001
             raise PnnhError(f"ONNX export failed ({type(e).__name__}: {str(e)[:200]})") from None
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _export_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
+    import onnxruntime  # check_export_options saw that it imports
+    write_atomic(path, onnx_bytes(model, x))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": x[:5].numpy()})[0]
     return relative_error(torch.from_numpy(got), expected[:5])

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from . import hub, models
 from .checkpoint import digest, load_checkpoint
+from .convert import relative_error
 from .errors import PnnhError
 from .models.layers import Block, ProjectionCoder
 
@@ -220,7 +221,7 @@ def _check_parity(original: Any, converted: nn.Module, arch: str) -> None:
             expected, got = original(x), converted(x)
     finally:
         original.train(was_training)
-    error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
+    error = relative_error(got, expected)
     if not error <= PROBE_TOLERANCE:
         raise PnnhError(f"the converted {arch} does not compute what the module computes (max |difference| / "
                         f"max |logit| = {error:.2e} on a probe batch): it is not a standard {arch}")
