@@ -23,7 +23,7 @@ setup: $(BIN)/pnnh
 $(TIMM_VENV)/bin/timm-ready: pyproject.toml
 	$(PYTHON) -m venv $(TIMM_VENV)
 	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check $(TIMM_TORCH)
-	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check -e '.[timm]' pytest
+	$(TIMM_VENV)/bin/pip install -q --disable-pip-version-check -e '.[timm,tat]' pytest
 	touch $@
 
 timm-setup: $(TIMM_VENV)/bin/timm-ready

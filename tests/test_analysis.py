@@ -86,7 +86,7 @@ def test_dists_loads_vgg16_weights_in_torchvision_layout(cifar_images, tmp_path:
 def test_plain_resnet56_dissipates_its_input_and_residual_and_pnnh_keep_it(cifar_images) -> None:
     images, raw = cifar_images[0][:64], cifar_images[1][:64]
     results = {}
-    for kind in pnnh.KINDS:
+    for kind in pnnh.models.BASE_KINDS:
         torch.manual_seed(0)
         model = pnnh.create_model("resnet56", kind=kind)
         results[kind] = probe(model, images, raw, metrics=("cka", "r2"), batch_stats=True)

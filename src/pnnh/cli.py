@@ -305,7 +305,7 @@ def build_parser() -> Parser:
 
     p = command("probe", cmd_probe, "dissipating inputs: how much of the input survives each layer")
     option(p, "--model", help="model name (not needed with --checkpoint)")
-    option(p, "--kind", help="residual (default) | plain | pnnh")
+    option(p, "--kind", help="residual (default) | plain | pnnh | tat | looks_linear | dirac | repvgg")
     option(p, "--kinds", help="several kinds side by side (at initialisation), e.g. residual,plain,pnnh")
     option(p, "--model-kwargs", nargs="*", metavar="KEY=VALUE")
     option(p, "--entries", help="instead of --model/--kinds: " + ENTRIES_HELP)

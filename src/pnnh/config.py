@@ -88,7 +88,8 @@ class TrainConfig:
 
 
 HELP = {  # the --help line of each field's flag (pnnh train, pnnh compare)
-    "model": "model name (see `pnnh models`)", "kind": "residual | plain | pnnh",
+    "model": "model name (see `pnnh models`)",
+    "kind": "residual | plain | pnnh | tat | looks_linear | dirac | repvgg (the last four: CIFAR ResNets)",
     "model_kwargs": "model options as key=value, separated by spaces or commas, e.g. learner_ratio=0.5 coder=learned",
     "data": "cifar10 | cifar100 | mnist | fashion-mnist | imagefolder",
     "data_dir": "folder of the data set (fashion-mnist: found in /usr/share/datasets if installed)",

@@ -12,7 +12,11 @@ ordinary channels of ordinary convs:
   or the stage-changing block's 1x1 decoder with BN folded), and adds its bias.
 
 BatchNorm is folded into the convs, so the chain holds only Conv2d/Linear with
-bias, activations, pooling and Flatten.
+bias, activations, pooling and Flatten. The skip-free kinds need no code carried:
+each conv layer says what one conv computes it (``fused``: RepVGG's branches,
+DiracNet's kernel), and two activations are written with their neighbours
+(``_lower_activations``): TAT's s * leaky(z) as leaky(s z), DiracNet's NCReLU
+as a ReLU of [z, -z].
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ import torch
 import torch.nn as nn
 
 from .errors import PnnhError
-from .models.layers import Block, ConvNet, ConvNormAct, TiedCoder, bn_affine
+from .models.dirac import NCReLU
+from .models.layers import Block, ConvNet, ConvNormAct, TiedCoder
+from .models.tat import TReLU
 from .models.vit import Attention, Mlp, VisionTransformer, ViTBlock, attend
 
 
@@ -72,7 +78,7 @@ class ClassToken(nn.Module):
 
 
 # What a plain chain may hold; each module reads only the previous module's output (an nn.Sequential).
-PLAIN_MODULE_TYPES = (nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.MaxPool2d, nn.AvgPool2d,
+PLAIN_MODULE_TYPES = (nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.MaxPool2d, nn.AvgPool2d,
                       nn.AdaptiveAvgPool2d, nn.Flatten, nn.LayerNorm, TokenEmbed, CodeAttention, ClassToken)
 
 
@@ -91,29 +97,59 @@ def to_plain(model: nn.Module) -> nn.Sequential:
     for module in [*model.stem, *model.blocks]:
         layers += _plain_layers(module)
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), copy.deepcopy(model.fc)]
-    return nn.Sequential(*layers)
+    return nn.Sequential(*_lower_activations(layers))
 
 
 def block_to_plain(block: Block) -> nn.Sequential:
     """One block's plain layers (its convs, with the code's channels added, and activations)."""
-    return nn.Sequential(*_block_layers(block))
+    return nn.Sequential(*_lower_activations(_block_layers(block)))
+
+
+@torch.no_grad()
+def _lower_activations(layers: list[nn.Module]) -> list[nn.Module]:
+    """Write the skip-free kinds' activations as plain layers, editing the linear layers beside them:
+    TReLU s * leaky(z, a) = leaky(s z, a) (s > 0: the conv before is scaled); NCReLU [max(z, 0), min(z, 0)]
+    = [relu(z), -relu(-z)] (the conv before writes [z, -z], the next linear layer reads the second half
+    negated; only pooling by averaging and Flatten may stand between, as they commute with the sign)."""
+    out: list[nn.Module] = []
+    negate_next = False
+    for m in layers:
+        if isinstance(m, (TReLU, NCReLU)):
+            prev = out[-1] if out else None
+            if not isinstance(prev, nn.Conv2d):
+                raise PnnhError(f"to_plain: {type(m).__name__} must follow a conv, not {type(prev).__name__}")
+            weight, bias = prev.weight, prev.bias
+            assert bias is not None  # every conv of a chain has one (_conv)
+            if isinstance(m, TReLU):
+                out[-1] = _conv(prev, weight * m.scale, bias * m.scale)
+                out.append(nn.LeakyReLU(m.negative_slope))
+            else:
+                out[-1] = _conv(prev, torch.cat([weight, -weight]), torch.cat([bias, -bias]))
+                out.append(nn.ReLU())
+                negate_next = True
+            continue
+        if negate_next and isinstance(m, (nn.Conv2d, nn.Linear)):
+            weight = m.weight.clone()
+            weight[:, weight.shape[1] // 2:] *= -1
+            assert m.bias is not None
+            m = _conv(m, weight, m.bias) if isinstance(m, nn.Conv2d) else _linear(weight, m.bias)
+            negate_next = False
+        elif negate_next and not isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
+            raise PnnhError(f"to_plain: {type(m).__name__} between an NCReLU and the next conv has no plain form")
+        out.append(m)
+    return out
 
 
 @torch.no_grad()
 def _plain_layers(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, ConvNormAct):
-        weight, bias = _fold(module)
+        weight, bias = module.fused()
         return [_conv(module.conv, weight, bias), copy.deepcopy(module.act)]
     if isinstance(module, Block):
         return _block_layers(module)
     if isinstance(module, PLAIN_MODULE_TYPES):
         return [copy.deepcopy(module)]
     raise PnnhError(f"to_plain: no plain form for {type(module).__name__}")
-
-
-def _fold(layer: ConvNormAct) -> tuple[torch.Tensor, torch.Tensor]:
-    scale, shift = bn_affine(layer.bn)
-    return layer.conv.weight * scale[:, None, None, None], shift
 
 
 def _conv(like: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
@@ -138,7 +174,7 @@ def _block_layers(block: Block) -> list[nn.Module]:
     for i, layer in enumerate(convs):
         if not isinstance(layer, ConvNormAct):
             raise PnnhError(f"to_plain: a block's learner holds {type(layer).__name__}, not conv-norm-act layers")
-        weight, bias = _fold(layer)
+        weight, bias = layer.fused()
         if k:
             out_ch, in_ch, kh, kw = weight.shape
             c = (kh // 2, kw // 2)  # the kernel's centre tap: a 1x1 map at the conv's stride
@@ -274,6 +310,8 @@ def chain_spec(chain: nn.Sequential) -> list[dict]:
             spec.append({"type": "AdaptiveAvgPool2d", "output_size": m.output_size})
         elif isinstance(m, (nn.ReLU, nn.GELU, nn.SiLU, nn.Flatten, ClassToken)):
             spec.append({"type": type(m).__name__})
+        elif isinstance(m, nn.LeakyReLU):
+            spec.append({"type": "LeakyReLU", "negative_slope": m.negative_slope})
         elif isinstance(m, nn.LayerNorm):  # LayerNorm or SliceLayerNorm
             spec.append({"type": type(m).__name__, "dim": m.normalized_shape[0], "eps": m.eps})
         elif isinstance(m, TokenEmbed):
@@ -308,6 +346,8 @@ def _layer(s: dict) -> nn.Module:
                          groups=s["groups"], bias=True)
     if kind == "Linear":
         return nn.Linear(s["in"], s["out"])
+    if kind == "LeakyReLU":
+        return nn.LeakyReLU(float(s["negative_slope"]))
     if kind in ("MaxPool2d", "AvgPool2d"):
         return getattr(nn, kind)(s["kernel"], s["stride"], s["padding"], ceil_mode=s["ceil_mode"])
     if kind == "AdaptiveAvgPool2d":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import PnnhError
-from .models.registry import check_options
+from .models.registry import check_options, model_info
 
 # Set by every command from its data or flags, never as a model option of an entry or --model-kwargs.
 RESERVED = ("num_classes", "in_chans")
@@ -65,11 +65,12 @@ class Entry:
             parts = parts[:-1]
         if len(parts) < 2 or not parts[0] or not parts[1]:
             raise PnnhError(f"--entries: {text!r} is not model:kind[:key=value,...][:plain_form], e.g. resnet56:pnnh")
-        if plain_form and parts[1] == "residual":
-            raise PnnhError(f"--entries: {text!r}: a residual model has no plain form; use the plain or pnnh kind")
         options = [kv for kv in ":".join(parts[2:]).split(",") if kv]
         kwargs = parse_kwargs(options, "--entries") if options else {}
         check_options(parts[0], parts[1], kwargs, RESERVED)
+        if plain_form and parts[1] not in model_info(parts[0])["plain_form"]:
+            raise PnnhError(f"--entries: {text!r}: a {parts[1]} model has no plain form; kinds with one: "
+                            f"{', '.join(model_info(parts[0])['plain_form'])}")
         return cls(parts[0], parts[1], kwargs, plain_form)
 
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import PnnhError
-from .models import KINDS, create_model, list_models, model_family
+from .models import KINDS, create_model, list_models, model_family, model_info
 from .progress import bar
 
 
@@ -43,8 +43,9 @@ def model_table(pattern: str | None = None) -> list[dict]:
         raise PnnhError(f"no model matches the pattern {pattern!r}; try `pnnh models` for the full list")
     rows = []
     for name in bar(names, desc="models", unit="model"):
-        per_kind = {kind: model_summary(name, kind) for kind in KINDS}
-        rows.append({"model": name, "family": model_family(name), "kinds": list(KINDS),
+        kinds = model_info(name)["kinds"]
+        per_kind = {kind: model_summary(name, kind) for kind in kinds}
+        rows.append({"model": name, "family": model_family(name), "kinds": list(kinds),
                      "input_size": per_kind["residual"]["input_size"],
                      "params": {k: s["params"] for k, s in per_kind.items()},
                      "macs": {k: s["macs"] for k, s in per_kind.items()}})
@@ -56,6 +57,7 @@ def format_model_table(rows: list[dict]) -> str:
         f"{k + ' params':>15} {k + ' GMACs':>14}" for k in KINDS)]
     for r in rows:
         size = "x".join(str(s) for s in r["input_size"])
-        cells = " ".join(f"{r['params'][k] / 1e6:>14.3f}M {r['macs'][k] / 1e9:>14.3f}" for k in KINDS)
+        cells = " ".join(f"{r['params'][k] / 1e6:>14.3f}M {r['macs'][k] / 1e9:>14.3f}" if k in r["params"]
+                         else f"{'-':>15} {'-':>14}" for k in KINDS)
         lines.append(f"{r['model']:<13} {r['family']:<13} {size:<11} {cells}")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("pnnh.timm needs timm: pip install 'pnnh[timm]'") from e
 
 from .errors import PnnhError
-from .models import KINDS, create_model, list_models, model_info
+from .models import create_model, list_models, model_info
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -78,7 +78,7 @@ def register_all() -> list[str]:
     names, registered = [], set(timm.list_models("pnnh_*"))
     for model in list_models():
         cfg = _default_cfg(model)
-        for kind in KINDS:
+        for kind in model_info(model)["kinds"]:
             name = timm_name(model, kind)
             names.append(name)
             if name in registered:

@@ -7,6 +7,10 @@ activation. The three kinds differ only in what is added to F(x) before it:
     plain:     act(F(x))
     pnnh:      act(F(x) + decode(act(u) - act(-u)))    u = encode(x)
 
+The skip-free kinds (tat, looks_linear, dirac, repvgg) are built with plain
+blocks and then changed by their own module (``registry.register_kind``):
+other activations, other conv layers, another initialisation.
+
 In a PNNH block the pair [act(u), act(-u)] is made of extra output channels of
 F's first conv and carried through F's later layers (see ``pnnh.convert``), so
 no tensor skips a layer; act(u) - act(-u) = u for ReLU, GELU and SiLU, so the
@@ -24,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import PnnhError
-from .registry import KINDS, PnnhNet
+from .registry import KINDS, PnnhNet, kind_transform
 
 LayerFn = Callable[..., nn.Module]
 MIRROR_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU)  # act(u) - act(-u) = u exactly
@@ -43,6 +47,12 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
+
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the one conv that computes bn(conv(x)) in eval mode: what ``to_plain`` writes.
+        Conv layers of other kinds (RepVGG's branches, DiracNet's kernel) override it."""
+        scale, shift = bn_affine(self.bn)
+        return self.conv.weight * scale[:, None, None, None], shift
 
 
 class TiedCoder(nn.Module):
@@ -263,6 +273,9 @@ class ConvNet(PnnhNet):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(num_features, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
+        transform = kind_transform(kind)
+        if transform is not None:  # a skip-free kind: its own layers and initialisation
+            transform(self)
 
     def _init_weights(self) -> None:
         # He-normal (Var = 2 / fan_in), the initialisation the paper's theorems assume.
@@ -339,3 +352,28 @@ def learner_width(width: int, learner_ratio: float) -> int:
     if not learner_ratio > 0:
         raise PnnhError(f"learner_ratio must be > 0, got {learner_ratio}")
     return max(1, round(width * learner_ratio))
+
+
+def replace_modules(model: nn.Module, match: Callable[[nn.Module], bool],
+                    make: Callable[[nn.Module], nn.Module]) -> int:
+    """Swap every submodule for which ``match`` holds by ``make(it)``, in place (a kind's layer swap);
+    returns how many were swapped. A module shared by several parents is swapped once, everywhere."""
+    made: dict[int, nn.Module] = {}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if match(child):
+                if id(child) not in made:
+                    made[id(child)] = make(child)
+                setattr(parent, name, made[id(child)])
+    return len(made)
+
+
+def same_geometry(unit: nn.Module, cls: Callable[..., ConvNormAct], in_factor: int = 1) -> ConvNormAct:
+    """A ``cls`` layer (a ConvNormAct of another kind) with ``unit``'s widths, kernel, stride, norm and
+    activation (``in_factor``: times the input width)."""
+    assert isinstance(unit, ConvNormAct)
+    conv = unit.conv
+    new = cls(in_factor * conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
+              type(unit.bn), nn.ReLU)
+    new.act = unit.act
+    return new

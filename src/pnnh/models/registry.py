@@ -12,9 +12,12 @@ import torch.nn as nn
 
 from ..errors import PnnhError
 
-KINDS = ("residual", "plain", "pnnh")
-
-
+# Every kind; a family states which of them it builds (FAMILY_INFO["kinds"], default BASE_KINDS).
+BASE_KINDS = ("residual", "plain", "pnnh")
+SKIP_FREE_KINDS = ("tat", "looks_linear", "dirac", "repvgg")  # the other ways to train a deep plain net
+KINDS = BASE_KINDS + SKIP_FREE_KINDS
+# Model options that only one kind takes (a residual net has no coder to set).
+KIND_OPTIONS = {"coder": "pnnh", "coder_share": "pnnh", "code_ratio": "pnnh"}
 
 class PnnhNet(nn.Module):
     """What every registered model is: an ``nn.Module`` with timm's ``default_cfg`` (input size, classes)
@@ -28,9 +31,29 @@ class PnnhNet(nn.Module):
 _MODELS: dict[str, Callable[..., PnnhNet]] = {}
 _FAMILY: dict[str, str] = {}
 # What each family supports, stated by the family's module (FAMILY_INFO) and read by the tests and tools:
-#   plain_form: kinds that to_plain converts; img_size_option: the constructor takes img_size (ViTs);
+#   kinds: the kinds it builds; plain_form: kinds that to_plain converts;
+#   img_size_option: the constructor takes img_size (ViTs);
 #   test_kwargs / test_input: a small instance and input for tests (C, H, W).
 _FAMILY_INFO: dict[str, dict] = {}
+# kind -> fn(model): turns a freshly built ConvNet (plain structure) into that kind, in place; each
+# skip-free kind's module registers one (models/tat.py, looks_linear.py, dirac.py, repvgg.py).
+_KIND_TRANSFORMS: dict[str, Callable[[nn.Module], None]] = {}
+
+
+def register_kind(name: str) -> Callable[[Callable[[nn.Module], None]], Callable[[nn.Module], None]]:
+    """Decorator: ``fn(model)`` makes kind ``name`` out of a ConvNet built with plain blocks (it swaps
+    layers and initialises weights; ConvNet calls it at the end of its constructor)."""
+    if name not in SKIP_FREE_KINDS:
+        raise PnnhError(f"register_kind: {name!r} is not one of {', '.join(SKIP_FREE_KINDS)}")
+
+    def register(fn: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+        _KIND_TRANSFORMS[name] = fn
+        return fn
+    return register
+
+
+def kind_transform(kind: str) -> Callable[[nn.Module], None] | None:
+    return _KIND_TRANSFORMS.get(kind)
 
 
 def register_model(fn: Callable[..., PnnhNet]) -> Callable[..., PnnhNet]:
@@ -44,12 +67,12 @@ def register_model(fn: Callable[..., PnnhNet]) -> Callable[..., PnnhNet]:
 
 
 def model_info(name: str) -> dict:
-    """The family's statement for model ``name``: {"family", "plain_form", "img_size_option", "test_kwargs",
-    "test_input", "first_conv", "classifier"} (defaults: plain form for plain and pnnh, no img_size option,
-    3x32x32 test input, a CNN's layer names)."""
+    """The family's statement for model ``name``: {"family", "kinds", "plain_form", "img_size_option",
+    "test_kwargs", "test_input", "first_conv", "classifier"} (defaults: the base kinds, plain form for plain
+    and pnnh, no img_size option, 3x32x32 test input, a CNN's layer names)."""
     check_model_name(name)
-    info = {"plain_form": ("plain", "pnnh"), "img_size_option": False, "test_kwargs": {}, "test_input": (3, 32, 32),
-            "first_conv": "stem.0.conv", "classifier": "fc"}
+    info = {"kinds": BASE_KINDS, "plain_form": ("plain", "pnnh"), "img_size_option": False, "test_kwargs": {},
+            "test_input": (3, 32, 32), "first_conv": "stem.0.conv", "classifier": "fc"}
     return {"family": _FAMILY[name], **info, **_FAMILY_INFO[_FAMILY[name]]}
 
 
@@ -74,9 +97,14 @@ def check_model_name(name: str) -> None:
         raise PnnhError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
 
 
-def check_kind(kind: str) -> None:
+def check_kind(kind: str, name: str | None = None) -> None:
+    """Refuse an unknown kind, or (with a model ``name``) a kind that the model's family does not build."""
     if kind not in KINDS:
         raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+    if name is not None and kind not in model_info(name)["kinds"]:
+        builders = [m for m in list_models() if kind in model_info(m)["kinds"]]
+        raise PnnhError(f"kind {kind!r} is not built for {name} (family {model_family(name)}, kinds: "
+                        f"{', '.join(model_info(name)['kinds'])}); {kind} is built for: {', '.join(builders)}")
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -94,9 +122,12 @@ def check_options(name: str, kind: str, options: dict, reserved: tuple[str, ...]
     take or that the caller sets itself (``reserved``, e.g. num_classes from the data), or a value of the
     wrong type for the option (a number where the default is one, finite; a string where it is one)."""
     check_model_name(name)
-    check_kind(kind)
+    check_kind(kind, name)
     allowed = model_options(name)
     for key, value in options.items():
+        if key in allowed and KIND_OPTIONS.get(key, kind) != kind:
+            raise PnnhError(f"model option {key} applies to kind {KIND_OPTIONS[key]} only, not {kind}: drop "
+                            f"{key}={value}")
         if key in reserved:
             raise PnnhError(f"model option {key} is set from the data and the command line, not by --model-kwargs: "
                             f"drop {key}={value}")
@@ -124,7 +155,10 @@ def create_model(name: str, kind: str = "residual", **kwargs) -> PnnhNet:
     options (``num_classes``, ``in_chans``, ``learner_ratio``, the coder's ``coder``/``coder_share``/
     ``code_ratio``, ...) go to the family's constructor. ``pnnh.create_model`` also loads a checkpoint."""
     check_model_name(name)
-    check_kind(kind)
+    check_kind(kind, name)
+    for key in kwargs:
+        if KIND_OPTIONS.get(key, kind) != kind:
+            raise PnnhError(f"model option {key} applies to kind {KIND_OPTIONS[key]} only, not {kind}: drop it")
     try:
         return _MODELS[name](kind=kind, **kwargs)
     except TypeError as e:  # an unknown keyword option

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..errors import PnnhError
 from .layers import Block, CoderBank, ConvNet, ConvNormAct, LayerFn, learner_width
-from .registry import register_model
+from .registry import KINDS, register_model
 
 
 def cifar_resnet(depth: int, kind: str = "residual", num_classes: int = 10, in_chans: int = 3,
@@ -34,7 +34,9 @@ def cifar_resnet(depth: int, kind: str = "residual", num_classes: int = 10, in_c
     return ConvNet(stem, blocks, in_ch, num_classes, kind, input_size=(in_chans, 32, 32))
 
 
-FAMILY_INFO = {"builder": cifar_resnet}  # its keyword options are the models' options (registry.check_options)
+# its keyword options are the models' options (registry.check_options); it builds every kind, the
+# skip-free ones included, and each but the residual has a plain form
+FAMILY_INFO = {"builder": cifar_resnet, "kinds": KINDS, "plain_form": KINDS[1:]}
 
 
 @register_model

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import PnnhError
 from .layers import MIRROR_ACTIVATIONS, CoderBank, TiedCoder, _select, learner_width, run_taps
-from .registry import KINDS, PnnhNet, register_model
+from .registry import BASE_KINDS, PnnhNet, register_model
 
 FAMILY_INFO = {"plain_form": ("plain", "pnnh"), "img_size_option": True, "test_kwargs": {"img_size": 32},
                "test_input": (3, 32, 32), "first_conv": "patch_embed", "classifier": "head"}
@@ -78,8 +78,8 @@ class ViTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, kind: str, coders: CoderBank | None = None,
                  act_layer=nn.GELU, norm_layer=nn.LayerNorm):
         super().__init__()
-        if kind not in KINDS:
-            raise PnnhError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+        if kind not in BASE_KINDS:
+            raise PnnhError(f"kind {kind!r} is not built for a ViT; its kinds: {', '.join(BASE_KINDS)}")
         self.kind = kind
         self.norm1 = norm_layer(dim)
         self.attn = Attention(dim, num_heads)
