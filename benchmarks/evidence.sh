@@ -42,16 +42,19 @@ recipe() { if [[ $1 == vit* ]]; then echo VIT_RECIPE; else echo RECIPE; fi; }
 out() { if [[ $1 == vit* ]]; then echo benchmarks/results/evidence_vit/$1; else echo benchmarks/results/evidence/$1; fi; }
 # Entries are separated by spaces here (an entry's own options by commas). The default pnnh coder computes
 # the residual function (an A/A calibration); code_ratio < 1 and learned coders are the PNNH evidence.
+# f and g: the other ways to train a deep plain net (docs/skip-free.md), at the same budget.
 declare -A STAGES=(
   [a_depth56]="resnet56:residual resnet56:plain resnet56:pnnh"
   [b_thin56]="resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5 resnet56:plain:learner_ratio=0.5"
   [c_width56]="resnet56:pnnh:code_ratio=0.0625 resnet56:pnnh:code_ratio=0.25 resnet56:pnnh:code_ratio=0.5"
   [d_learned56]="resnet56:pnnh:coder=learned,coder_share=stage resnet56:pnnh:coder=learned,coder_share=block"
   [e_depth110]="resnet110:residual resnet110:plain resnet110:pnnh resnet110:pnnh:code_ratio=0.25"
+  [f_skipfree56]="resnet56:tat resnet56:looks_linear resnet56:dirac resnet56:repvgg"
+  [g_skipfree110]="resnet110:tat resnet110:looks_linear resnet110:dirac resnet110:repvgg"
   [vit12]="vit_cifar_12:residual vit_cifar_12:plain vit_cifar_12:pnnh vit_cifar_12:pnnh:code_ratio=0.5"
   [vit24]="vit_cifar_24:residual vit_cifar_24:plain vit_cifar_24:pnnh vit_cifar_24:pnnh:code_ratio=0.5"
 )
-ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110)
+ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110 f_skipfree56 g_skipfree110)
 
 main() {  # one function, parsed whole before it runs: editing this file mid-run cannot change a running matrix
 stages=("${@:-${ORDER[@]}}")

@@ -21,12 +21,15 @@ from ..entries import Entry
 from ..errors import PnnhError
 from ..hub import create_model, model_from_checkpoint
 from ..io import make_dir, write_csv, write_json
+from ..models.dirac import NCReLU
+from ..models.tat import TReLU
 from ..progress import bar, log
 from .dists import DISTS, feature_map_image
 from .metrics import effective_rank_gram, gram, linear_cka_gram, position_spread, ridge_r2_gram, survival
 from .plots import plot_probe
 
-ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
+ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
+               TReLU, NCReLU)  # the last two: the tat and dirac kinds' activations
 METRICS = ("cka", "r2", "survival", "erank", "spread", "dists")
 
 
