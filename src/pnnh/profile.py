@@ -53,11 +53,13 @@ def model_table(pattern: str | None = None) -> list[dict]:
 
 
 def format_model_table(rows: list[dict]) -> str:
+    """One line per model: parameters (millions) and GMACs of each kind, "-" where its family does not build it."""
+    width = {k: max(15, len(k) + 7) for k in KINDS}  # "looks_linear params" is wider than a number
     lines = [f"{'model':<13} {'family':<13} {'input':<11} " + " ".join(
-        f"{k + ' params':>15} {k + ' GMACs':>14}" for k in KINDS)]
+        f"{k + ' params':>{width[k]}} {k + ' GMACs':>{width[k]}}" for k in KINDS)]
     for r in rows:
         size = "x".join(str(s) for s in r["input_size"])
-        cells = " ".join(f"{r['params'][k] / 1e6:>14.3f}M {r['macs'][k] / 1e9:>14.3f}" if k in r["params"]
-                         else f"{'-':>15} {'-':>14}" for k in KINDS)
+        cells = " ".join(f"{r['params'][k] / 1e6:>{width[k] - 1}.3f}M {r['macs'][k] / 1e9:>{width[k]}.3f}"
+                         if k in r["params"] else f"{'-':>{width[k]}} {'-':>{width[k]}}" for k in KINDS)
         lines.append(f"{r['model']:<13} {r['family']:<13} {size:<11} {cells}")
     return "\n".join(lines)
