@@ -10,6 +10,7 @@
 #   JOBS=2 bash benchmarks/evidence.sh         # two runs at once, one torch thread each (2 cores)
 #   JOBS=2 bash benchmarks/evidence.sh vit12 vit24   # the ViTs (issue: ViTs), their own recipe and folder
 #   SEEDS=5 JOBS=2 bash benchmarks/evidence.sh vit12 # seeds 0-4: adds seeds 3 and 4 to the finished 0-2
+#   JOBS=2 bash benchmarks/evidence.sh nc_a56 nc_a56_plain ...   # near convergence (NC_ORDER below)
 # With JOBS>1 the (stage, seed, entry) runs are taken from one queue, seed 0 of a stage before seed 1,
 # by JOBS workers with OMP_NUM_THREADS=1 each; each run is a one-entry, one-seed `compare --no-report`,
 # and the closing full compare of each stage, which only reads the finished runs, writes its report.
@@ -21,7 +22,7 @@ export OMP_NUM_THREADS=${THREADS:-$(( JOBS > 1 ? 1 : 2 ))}
 PNNH=${PNNH:-.venv/bin/pnnh}
 PYTHON=${PYTHON:-.venv/bin/python}
 [[ ${SEEDS:-3} =~ ^[1-9][0-9]*$ ]] || { echo "SEEDS must be a number of seeds (seeds 0 to SEEDS-1), got '$SEEDS'" >&2; exit 2; }
-SEEDS=($(seq 0 $(( ${SEEDS:-3} - 1 ))))  # 3 by default; the verdict needs 3 and reads every finished seed
+SEEDS_GIVEN=${SEEDS:-}  # 3 by default (the verdict needs 3 and reads every finished seed), or STAGE_SEEDS below
 # The budget: residual resnet56 must reach at least 75% test accuracy on it: 20,000 x 8 reached 76.37%
 # (one seed; 10,000 x 15 reached 74.41%; benchmarks/results/recipe/README.md). compare refuses to mix budgets.
 RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --train-subset 20000
@@ -38,8 +39,33 @@ VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jp
             --epochs 10 --batch-size 128 --opt adamw --lr 1e-3 --weight-decay 0.05 --sched cosine
             --warmup-epochs 1 --label-smoothing 0.1 --clip-grad 1.0 --eval-every 5 --workers 0
             --amp bf16 --channels-last)
-recipe() { if [[ $1 == vit* ]]; then echo VIT_RECIPE; else echo RECIPE; fi; }
-out() { if [[ $1 == vit* ]]; then echo benchmarks/results/evidence_vit/$1; else echo benchmarks/results/evidence/$1; fi; }
+# Near convergence (issue: evidence near convergence): the time-to-accuracy recipe `cifar-fast` on all
+# 50,000 training images at NC_EPOCHS epochs, into benchmarks/results/evidence_nc/ (one budget there);
+# the gap against the budget at about 1/4 and 1/2 of it into evidence_nc_gap/<stage>/ (a budget each).
+# NC_EPOCHS is the candidate where residual resnet56 reaches 88% (two seeds at 25 epochs are being run
+# by benchmarks/time_to_accuracy.py; the budget is settled when its mean of 3 seeds is >= 88%).
+NC_EPOCHS=${NC_EPOCHS:-25}
+NC_DATA=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jpeg}" --workers 0)
+NC_RECIPE=(--recipe cifar-fast --epochs "$NC_EPOCHS" "${NC_DATA[@]}")
+NC_QUARTER=(--recipe cifar-fast --epochs $(( NC_EPOCHS / 4 )) "${NC_DATA[@]}")
+NC_HALF=(--recipe cifar-fast --epochs $(( NC_EPOCHS / 2 )) "${NC_DATA[@]}")
+# Is it the learning rate? The 20k x 8 budget at half and double its lr 0.2 (the lr 0.2 runs are stages
+# a and c), into evidence_lr/<stage>/ (a budget each).
+LR_HALF=("${RECIPE[@]}" --lr 0.1)
+LR_DOUBLE=("${RECIPE[@]}" --lr 0.4)
+recipe() {
+  case $1 in
+    vit*) echo VIT_RECIPE ;; nc_quarter) echo NC_QUARTER ;; nc_half) echo NC_HALF ;; nc_*) echo NC_RECIPE ;;
+    lr_half) echo LR_HALF ;; lr_double) echo LR_DOUBLE ;; *) echo RECIPE ;;
+  esac
+}
+out() {
+  case $1 in
+    vit*) echo benchmarks/results/evidence_vit/$1 ;; nc_quarter|nc_half) echo benchmarks/results/evidence_nc_gap/$1 ;;
+    nc_*) echo benchmarks/results/evidence_nc/$1 ;; lr_*) echo benchmarks/results/evidence_lr/$1 ;;
+    *) echo benchmarks/results/evidence/$1 ;;
+  esac
+}
 # Entries are separated by spaces here (an entry's own options by commas). The default pnnh coder computes
 # the residual function (an A/A calibration); code_ratio < 1 and learned coders are the PNNH evidence.
 # f and g: the other ways to train a deep plain net (docs/skip-free.md), at the same budget.
@@ -53,13 +79,29 @@ declare -A STAGES=(
   [g_skipfree110]="resnet110:tat resnet110:looks_linear resnet110:dirac resnet110:repvgg"
   [vit12]="vit_cifar_12:residual vit_cifar_12:plain vit_cifar_12:pnnh vit_cifar_12:pnnh:code_ratio=0.5"
   [vit24]="vit_cifar_24:residual vit_cifar_24:plain vit_cifar_24:pnnh vit_cifar_24:pnnh:code_ratio=0.5"
+  [nc_a56]="resnet56:residual resnet56:pnnh:code_ratio=0.5 resnet56:pnnh:coder=learned,coder_share=block"
+  [nc_a56_plain]="resnet56:plain"
+  [nc_b110]="resnet110:residual resnet110:pnnh:code_ratio=0.5"
+  [nc_b110_plain]="resnet110:plain"
+  [nc_c_thin56]="resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5"
+  [nc_c_default56]="resnet56:pnnh"
+  [nc_quarter]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
+  [nc_half]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
+  [lr_half]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
+  [lr_double]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
 )
 ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110 f_skipfree56 g_skipfree110)
+# The near-convergence matrix, in the order that decides the most first (run it by naming it: NC_ORDER).
+NC_ORDER=(nc_a56 nc_a56_plain nc_b110 nc_b110_plain nc_quarter nc_half lr_half lr_double nc_c_thin56 nc_c_default56)
+# Seeds per stage where the matrix asks for fewer than 3 (SEEDS=N overrides them all).
+declare -A STAGE_SEEDS=([nc_a56_plain]=1 [nc_b110]=2 [nc_b110_plain]=1 [nc_c_thin56]=2 [nc_c_default56]=1
+                        [nc_quarter]=2 [nc_half]=2 [lr_half]=2 [lr_double]=2)
+seeds_of() { seq 0 $(( ${SEEDS_GIVEN:-${STAGE_SEEDS[$1]:-3}} - 1 )); }
 
 main() {  # one function, parsed whole before it runs: editing this file mid-run cannot change a running matrix
 stages=("${@:-${ORDER[@]}}")
 for stage in "${stages[@]}"; do
-  [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24" >&2; exit 2; }
+  [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24 ${NC_ORDER[*]}" >&2; exit 2; }
   if [[ $stage == vit* ]] && ! grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null \
      && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
     echo "stage $stage trains in bf16, which this CPU has no units for (emulated, about 14x slower than" \
@@ -70,7 +112,7 @@ done
 full_compare() {  # the stage's report over every entry and seed (trains whatever is missing)
   local stage=$1 seeds entries
   local -n args=$(recipe "$stage")
-  seeds=$(IFS=,; echo "${SEEDS[*]}"); entries=${STAGES[$stage]// /,}
+  seeds=$(seeds_of "$stage" | paste -sd,); entries=${STAGES[$stage]// /,}
   echo "== $stage: $entries" >&2
   "$PNNH" compare "${args[@]}" --seeds "$seeds" --entries "$entries" --output "$(out "$stage")"
 }
@@ -83,7 +125,7 @@ fi
 queue=$(mktemp -d); trap 'rm -rf "$queue"' EXIT
 n=0
 for stage in "${stages[@]}"; do
-  for seed in "${SEEDS[@]}"; do
+  for seed in $(seeds_of "$stage"); do
     for entry in ${STAGES[$stage]}; do
       printf '%s %s %s\n' "$stage" "$seed" "$entry" > "$queue/$(printf '%04d' $n)"; n=$((n + 1))
     done

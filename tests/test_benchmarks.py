@@ -1,0 +1,73 @@
+"""The benchmark scripts' own logic, without training: the evidence matrix's commands (a dry run) and
+the rank statistics of benchmarks/skip_free.py."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dry_run(*stages: str, jobs: int = 1) -> subprocess.CompletedProcess:
+    """benchmarks/evidence.sh with PNNH=echo: the compare commands it would run, printed, nothing trained."""
+    env = {**os.environ, "PNNH": "echo", "JOBS": str(jobs)}
+    env.pop("SEEDS", None)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "evidence.sh"), *stages], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_near_convergence_stages_carry_their_budget_seeds_and_folders() -> None:
+    result = _dry_run("nc_a56", "nc_a56_plain", "nc_quarter", "lr_double")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4
+    a56, plain, quarter, lr = lines
+    assert "--recipe cifar-fast --epochs 25" in a56 and "--seeds 0,1,2" in a56
+    assert "--output benchmarks/results/evidence_nc/nc_a56" in a56
+    assert "--seeds 0 " in plain  # the plain net: one seed
+    assert "--epochs 6" in quarter and "--seeds 0,1" in quarter and "evidence_nc_gap/nc_quarter" in quarter
+    assert lr.index("--lr 0.2") < lr.index("--lr 0.4") and "--train-subset 20000" in lr  # the later flag wins
+    assert "evidence_lr/lr_double" in lr
+
+
+def test_skip_free_stages_and_refusals() -> None:
+    result = _dry_run("f_skipfree56")
+    assert "--entries resnet56:tat,resnet56:looks_linear,resnet56:dirac,resnet56:repvgg" in result.stdout
+    assert "--output benchmarks/results/evidence/f_skipfree56" in result.stdout  # the 20k x 8 budget's folder
+    bad = _dry_run("nc_bogus")
+    assert bad.returncode == 2 and "unknown stage nc_bogus" in bad.stderr and bad.stdout == ""
+
+
+def test_two_workers_queue_every_seed_of_a_stage_once() -> None:
+    result = _dry_run("nc_c_thin56", jobs=2)
+    assert result.returncode == 0, result.stderr
+    runs = sorted(line.split("--seed ")[1].split()[0] + " " + line.split("--entries ")[1].split()[0]
+                  for line in result.stdout.splitlines() if "--no-report" in line)
+    assert runs == ["0 resnet56:pnnh:learner_ratio=0.5", "0 resnet56:residual:learner_ratio=0.5",
+                    "1 resnet56:pnnh:learner_ratio=0.5", "1 resnet56:residual:learner_ratio=0.5"]
+
+
+@pytest.fixture(scope="module")
+def skip_free():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("skip_free", ROOT / "benchmarks" / "skip_free.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_spearman_and_its_bootstrap(skip_free) -> None:
+    assert skip_free.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert skip_free.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert skip_free.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486833, abs=1e-6)  # tied ranks
+    x = list(range(12))
+    low, high = skip_free.bootstrap(x, [v + (3 if v % 4 == 0 else 0) for v in x], n=2000)
+    assert 0.5 < low <= high <= 1.0
