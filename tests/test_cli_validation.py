@@ -31,7 +31,8 @@ CASES = [
     (["compare", "--entries", "resnet20:residual,resnet20:residual"], ["entry resnet20:residual is given twice"]),
     (["compare", "--model", "resnet20", "--kinds", "pnnh,pnnh"], ["entry resnet20:pnnh is given twice"]),
     (["bench", "--entries", "resnet20:pnnh:in_chans=1"], ["model option in_chans is set from the data"]),
-    (["probe", "--model", "resnet20", "--kind", "pnnh", "--model-kwargs", "coder=3"], ["model option coder must be a string"]),
+    (["probe", "--model", "resnet20", "--kind", "pnnh", "--model-kwargs", "coder=3"],
+     ["model option coder must be a string"]),
 ]
 
 
