@@ -1,40 +1,86 @@
 #!/usr/bin/env bash
-# resnet56 in the three kinds at a full CIFAR-10 budget, on one CUDA GPU, in about 8 minutes (issue: evidence).
-# The three kinds train at once on the one GPU (a resnet56 step does not fill an H200), each a one-seed
-# `pnnh compare` into the same folder; a closing compare writes the side-by-side report (accuracy on the
-# full 10,000-image test set, img/s, command, versions) without training anything again.
-#   bash benchmarks/gpu.sh                      # RECIPE=fast: 30 epochs, batch 512, one-cycle, bf16
-#   RECIPE=he bash benchmarks/gpu.sh            # He et al. 2016: 164 epochs, batch 128, lr 0.1 /10 at 50% and 75%
-#   DATA_DIR=/data/cifar10-jpeg OUT=... SEED=1  # where the CIFAR-10 JPEG copy is, where the report goes
+# The evidence on one CUDA GPU (issues: evidence, evidence near convergence), for the day one is lent.
+# Runs share the GPU (a resnet56 step does not fill an H200): each is a one-entry, one-seed `pnnh compare
+# --no-report` into the folder of its budget, CONCURRENT at a time; a closing compare per folder writes the
+# side-by-side report (accuracy on the full 10,000-image test set, img/s, command, versions) from the
+# finished runs without training anything again. Finished runs are skipped, so it continues where it stopped.
+#   bash benchmarks/gpu.sh                      # MATRIX=kinds: resnet56 residual, plain, pnnh (one seed)
+#   MATRIX=nc bash benchmarks/gpu.sh            # the near-convergence matrix (benchmarks/evidence.sh NC_ORDER)
+#   RECIPE=he ...                               # He et al. 2016: 164 epochs, batch 128, lr 0.1 /10 at 50% and 75%
+#   RECIPE=fast ...                             # 30 epochs, batch 512, one-cycle (the default)
+#   DRY_RUN=1 MATRIX=nc RECIPE=he bash benchmarks/gpu.sh   # print the commands, run nothing (tested)
+#   DATA_DIR=/data/cifar10-jpeg OUT=... SEED=1 CONCURRENT=4
 # Smoke test on a CPU (seconds, not a result): DEVICE=cpu EXTRA="--train-subset 256 --test-subset 256 --epochs 1 --batch-size 64"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PNNH=${PNNH:-.venv/bin/pnnh}
 RECIPE=${RECIPE:-fast}
+MATRIX=${MATRIX:-kinds}
 DEVICE=${DEVICE:-cuda}
 SEED=${SEED:-0}
-OUT=${OUT:-benchmarks/results/gpu_$RECIPE}
+CONCURRENT=${CONCURRENT:-3}
+DRY_RUN=${DRY_RUN:-}
+OUT=${OUT:-benchmarks/results/gpu_${MATRIX}_$RECIPE}
 DATA_DIR=${DATA_DIR:-../shared/data/cifar10-jpeg}
-[ -d "$DATA_DIR/train" ] || { echo "gpu.sh: no CIFAR-10 image folder at $DATA_DIR (train/ and test/); set DATA_DIR" >&2; exit 2; }
+[ -n "$DRY_RUN" ] || [ -d "$DATA_DIR/train" ] || {
+  echo "gpu.sh: no CIFAR-10 image folder at $DATA_DIR (train/ and test/); set DATA_DIR" >&2; exit 2; }
 case "$RECIPE" in
-  he)   ARGS=(--epochs 164 --batch-size 128 --opt sgd --lr 0.1 --sched step --weight-decay 1e-4) ;;
-  fast) ARGS=(--epochs 30 --batch-size 512 --opt sgd --lr 0.4 --sched onecycle --label-smoothing 0.1
-              --weight-decay 5e-4) ;;
+  he)   EPOCHS=164; ARGS=(--batch-size 128 --opt sgd --lr 0.1 --sched step --weight-decay 1e-4) ;;
+  fast) EPOCHS=30; ARGS=(--batch-size 512 --opt sgd --lr 0.4 --sched onecycle --label-smoothing 0.1
+                         --weight-decay 5e-4) ;;
   *)    echo "gpu.sh: RECIPE is he or fast, not $RECIPE" >&2; exit 2 ;;
 esac
-ARGS+=(--data imagefolder --data-dir "$DATA_DIR" --workers 0 --device "$DEVICE" --channels-last --seed "$SEED" --seeds 1)
+[[ $CONCURRENT =~ ^[1-9][0-9]*$ ]] || { echo "gpu.sh: CONCURRENT is a number of runs, not $CONCURRENT" >&2; exit 2; }
+ARGS+=(--data imagefolder --data-dir "$DATA_DIR" --workers 0 --device "$DEVICE" --channels-last)
+[ "$MATRIX" = kinds ] || [ "$SEED" = 0 ] || { echo "gpu.sh: SEED applies to MATRIX=kinds; the nc matrix sets its seeds" >&2; exit 2; }
 [ "$DEVICE" = cuda ] && ARGS+=(--amp bf16 --compile)
 # shellcheck disable=SC2206
 ARGS+=(${EXTRA:-})
-[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
+# Runs as "stage entry seed"; a stage is one folder with one budget and one set of seeds (so its closing
+# compare trains nothing). kinds: the three kinds of resnet56, into $OUT. nc: the near-convergence matrix
+# of benchmarks/evidence.sh (its stages, seeds and entries), into $OUT/<stage>; nc_quarter and nc_half at
+# 1/4 and 1/2 of the epochs.
+runs=()
+add() { local stage=$1 seeds=$2; shift 2; local e s
+        for s in $(seq 0 $(( seeds - 1 ))); do for e in "$@"; do runs+=("$stage $e $s"); done; done; }
+case "$MATRIX" in
+  kinds) for kind in residual plain pnnh; do runs+=("kinds resnet56:$kind $SEED"); done ;;
+  nc)
+    add nc_a56 3 resnet56:residual resnet56:pnnh:code_ratio=0.5 resnet56:pnnh:coder=learned,coder_share=block
+    add nc_a56_plain 1 resnet56:plain
+    add nc_b110 2 resnet110:residual resnet110:pnnh:code_ratio=0.5
+    add nc_b110_plain 1 resnet110:plain
+    add nc_quarter 2 resnet56:residual resnet56:pnnh:code_ratio=0.5
+    add nc_half 2 resnet56:residual resnet56:pnnh:code_ratio=0.5
+    add nc_c_thin56 2 resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5
+    add nc_c_default56 1 resnet56:pnnh ;;
+  *) echo "gpu.sh: MATRIX is kinds or nc, not $MATRIX" >&2; exit 2 ;;
+esac
+epochs() { case $1 in nc_quarter) echo $(( EPOCHS / 4 )) ;; nc_half) echo $(( EPOCHS / 2 )) ;; *) echo "$EPOCHS" ;; esac; }
+folder() { if [ "$1" = kinds ]; then echo "$OUT"; else echo "$OUT/$1"; fi; }
+run() {  # the command, or with DRY_RUN its words on stdout
+  if [ -n "$DRY_RUN" ]; then echo "pnnh $*"; else "$PNNH" "$@"; fi
+}
+[ -z "$DRY_RUN" ] && [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2
 start=$(date +%s)
-pids=()
-for kind in residual plain pnnh; do
-  "$PNNH" compare "${ARGS[@]}" --entries "resnet56:$kind" --output "$OUT" > /dev/null 2> "$OUT.$kind.log" &
-  pids+=($!)
-done
 status=0
+pids=()
+for r in "${runs[@]}"; do
+  read -r stage entry seed <<< "$r"
+  cmd=(compare "${ARGS[@]}" --epochs "$(epochs "$stage")" --seed "$seed" --seeds 1 --entries "$entry"
+       --output "$(folder "$stage")" --no-report)
+  if [ -n "$DRY_RUN" ]; then run "${cmd[@]}"; continue; fi
+  mkdir -p "$(folder "$stage")"
+  log="$(folder "$stage")/$(echo "$entry" | tr ':,=' '---')-seed$seed.log"
+  run "${cmd[@]}" > /dev/null 2> "$log" &
+  pids+=($!)
+  if [ "${#pids[@]}" -ge "$CONCURRENT" ]; then wait "${pids[0]}" || status=$?; pids=("${pids[@]:1}"); fi
+done
 for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
-[ "$status" = 0 ] || { echo "gpu.sh: a training failed (exit $status); logs in $OUT.*.log" >&2; exit "$status"; }
-echo "gpu.sh: three trainings in $(( $(date +%s) - start )) s" >&2
-"$PNNH" compare "${ARGS[@]}" --entries resnet56:residual,resnet56:plain,resnet56:pnnh --output "$OUT"
+[ "$status" = 0 ] || { echo "gpu.sh: a training failed (exit $status); logs beside the runs in $OUT" >&2; exit "$status"; }
+[ -n "$DRY_RUN" ] || echo "gpu.sh: ${#runs[@]} trainings in $(( $(date +%s) - start )) s" >&2
+for stage in $(for r in "${runs[@]}"; do echo "${r%% *}"; done | awk '!seen[$0]++'); do  # one report per stage
+  entries=$(printf '%s\n' "${runs[@]}" | awk -v st="$stage" '$1 == st && !seen[$2]++ {print $2}' | paste -sd,)
+  seeds=$(printf '%s\n' "${runs[@]}" | awk -v st="$stage" '$1 == st {print $3}' | sort -un | paste -sd,)
+  run compare "${ARGS[@]}" --epochs "$(epochs "$stage")" --seeds "$seeds" --entries "$entries" --output "$(folder "$stage")"
+done

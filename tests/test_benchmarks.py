@@ -71,3 +71,27 @@ def test_spearman_and_its_bootstrap(skip_free) -> None:
     x = list(range(12))
     low, high = skip_free.bootstrap(x, [v + (3 if v % 4 == 0 else 0) for v in x], n=2000)
     assert 0.5 < low <= high <= 1.0
+
+
+def _gpu_dry_run(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DRY_RUN": "1", **env})
+
+
+def test_gpu_script_carries_the_near_convergence_matrix_at_the_he_schedule() -> None:
+    result = _gpu_dry_run(MATRIX="nc", RECIPE="he")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    runs = [line for line in lines if line.endswith("--no-report")]
+    reports = [line for line in lines if not line.endswith("--no-report")]
+    assert len(runs) == 9 + 1 + 4 + 1 + 4 + 4 + 4 + 1  # the seeds per entry
+    assert all("--lr 0.1 --sched step --weight-decay 1e-4" in line and "--device cuda" in line for line in lines)
+    assert sum("--epochs 164" in line for line in runs) == 20
+    assert sum("--epochs 41 " in line for line in runs) == sum("--epochs 82 " in line for line in runs) == 4
+    # one closing report per stage, over exactly the seeds its runs trained (so it trains nothing)
+    assert len(reports) == 8
+    assert any("--seeds 0,1,2 --entries resnet56:residual,resnet56:pnnh:code_ratio=0.5," in r for r in reports)
+    assert any("--seeds 0 --entries resnet56:plain --output benchmarks/results/gpu_nc_he/nc_a56_plain" in r
+               for r in reports)
+    bad = _gpu_dry_run(MATRIX="nc", RECIPE="slow")
+    assert bad.returncode == 2 and "RECIPE is he or fast" in bad.stderr
