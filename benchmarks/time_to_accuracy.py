@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,26 @@ def curves(recipe: str) -> dict[str, dict]:
     return out
 
 
+def seed_summary(runs: dict[str, dict]) -> list[str]:
+    """Lines of a table over seeds: per entry with finished pnnh runs, the final test accuracy (without and
+    with flips) and the training minutes as mean +- standard deviation over its seeds."""
+    groups: dict[str, list[dict]] = {}
+    for label, r in runs.items():
+        if " seed " in label:
+            groups.setdefault(label.rsplit(" seed ", 1)[0], []).append(r["points"][-1])
+    lines = ["", "| entry | seeds | final test acc | with flips | training minutes |", "|---|---|---|---|---|"]
+    for entry, lasts in groups.items():
+        def cell(values: list[float], scale: float = 100, unit: str = "%") -> str:
+            mean = statistics.fmean(values) * scale
+            sd = statistics.stdev(values) * scale if len(values) > 1 else float("nan")
+            return f"{mean:.2f}{unit}" + (f" +- {sd:.2f}" if len(values) > 1 else "")
+        flips = [p["test_acc_flip"] for p in lasts if p["test_acc_flip"] is not None]
+        lines.append(f"| {entry} | {len(lasts)} | {cell([p['test_acc'] for p in lasts])} | "
+                     + (cell(flips) if len(flips) == len(lasts) else "–")
+                     + f" | {cell([p['minutes'] for p in lasts], 1, '')} |")
+    return lines if groups else []
+
+
 def report(recipe: str) -> None:
     runs = curves(recipe)
     machine = {"cpu": cpu_name(), "bf16_units": bf16_units(),
@@ -101,6 +122,7 @@ def report(recipe: str) -> None:
                      + (f"{100 * flips:.2f}%" if flips is not None else "–")
                      + f" | {last['minutes']:.1f} | " + (f"{img_s:.0f}" if img_s else "–")
                      + f" | {', '.join(r['hardware'])} |")
+    lines += seed_summary(runs)
     print("\n".join(lines))
     write_atomic(OUT / f"{recipe}_table.md", "\n".join(lines) + "\n")
     try:
