@@ -31,6 +31,7 @@ from pnnh.device import bf16_units, cpu_name
 from pnnh.entries import Entry
 from pnnh.hub import create_model
 from pnnh.io import save_figure, write_atomic, write_json
+from pnnh.profile import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "benchmarks" / "results" / "evidence"
@@ -92,13 +93,21 @@ def probe_missing(labels: list[str]) -> dict[str, dict]:
         for label in labels:
             done = cache["entries"].setdefault(label, {})
             if str(seed) in done:
-                continue
+                entry = Entry.parse(label)
+                with torch.device("meta"):
+                    params = count_params(create_model(entry.model, kind=entry.kind, num_classes=num_classes,
+                                                       **entry.kwargs))
+                if done[str(seed)].get("params") == params:
+                    continue
+                print(f"{label} seed {seed}: the cached reading is of another model definition "
+                      f"({done[str(seed)].get('params')} parameters, now {params}): probed again", file=sys.stderr)
             entry = Entry.parse(label)
             torch.manual_seed(seed)
             model = create_model(entry.model, kind=entry.kind, num_classes=num_classes, **entry.kwargs)
             run = probe(model, images, metrics=("cka", "survival"), seed=seed, batch_stats=True)
             done[str(seed)] = {"last_cka": run["layers"][-1]["cka"], "last_survival": run["layers"][-1]["survival"],
-                               "noise_floor_cka": run["noise_floor"]["cka"], "layers": len(run["layers"])}
+                               "noise_floor_cka": run["noise_floor"]["cka"], "layers": len(run["layers"]),
+                               "params": count_params(model)}
             write_json(path, cache)  # after every probe: an interrupted run keeps what it measured
             print(f"{label} seed {seed}: CKA at the last layer {done[str(seed)]['last_cka']:.4f}", file=sys.stderr)
     return cache["entries"]

@@ -10,7 +10,7 @@ import torch.nn as nn
 import pnnh
 from pnnh.convert import PLAIN_MODULE_TYPES, chain_from_spec, chain_spec, relative_error
 from pnnh.models import SKIP_FREE_KINDS, model_info
-from pnnh.models.dirac import DiracConvNormAct, NCReLU
+from pnnh.models.dirac import DiracConvNormAct
 from pnnh.models.repvgg import RepConvNormAct
 from pnnh.models.tat import TReLU, trelu_parameters
 from pnnh.profile import count_params
@@ -25,9 +25,11 @@ def test_every_cifar_resnet_builds_every_skip_free_kind(name: str) -> None:
     with torch.device("meta"):
         plain = count_params(pnnh.create_model(name, kind="plain"))
         counts = {kind: count_params(pnnh.create_model(name, kind=kind)) for kind in SKIP_FREE_KINDS}
+        dirac = [m for m in pnnh.create_model(name, kind="dirac").modules() if isinstance(m, DiracConvNormAct)]
     assert counts["tat"] == counts["looks_linear"] == plain  # the plain net, other activations or weights
     assert plain < counts["repvgg"] < 1.2 * plain  # 1x1 and identity-BN branches while training
-    assert 1.9 * plain < counts["dirac"] < 2.1 * plain  # every conv after the stem reads NCReLU's 2C channels
+    assert len(dirac) == int(name[6:]) - 2  # every conv but the stem's
+    assert counts["dirac"] == plain + 2 * sum(m.conv.out_channels for m in dirac)  # a and b per output channel
 
 
 def _perturbed(name: str, kind: str, seed: int = 0) -> nn.Module:
@@ -123,15 +125,22 @@ def test_looks_linear_net_is_linear_at_initialisation_and_plain_is_not() -> None
     assert errors["plain"] > 0.1, errors  # the control: ReLUs do bend a plain net
 
 
-def test_dirac_layer_carries_its_input_across_ncrelu() -> None:
-    layer = DiracConvNormAct(2 * 8, 8, 3, 1).eval()
-    nn.init.zeros_(layer.weight_scale)  # only the Dirac part: conv(NCReLU(z), a I) = a z
+def test_dirac_kernel_is_the_identity_plus_a_normalised_kernel() -> None:
+    layer = DiracConvNormAct(8, 8, 3, 1).eval()
     z = torch.randn(2, 8, 6, 6)
     with torch.no_grad():
-        out = torch.nn.functional.conv2d(NCReLU()(z), layer.kernel(), padding=1)
-    assert torch.allclose(out, 5.0 * z, atol=1e-5)
+        nn.init.zeros_(layer.weight_scale)  # only the Dirac part: conv(z, a I) = a z
+        layer.dirac_scale.fill_(1.5)
+        assert torch.allclose(torch.nn.functional.conv2d(z, layer.kernel(), padding=1), 1.5 * z, atol=1e-6)
+        nn.init.zeros_(layer.dirac_scale)  # only the other part: b W / ||W||, each output filter of norm b
+        layer.weight_scale.fill_(0.1)
+        assert torch.allclose(layer.kernel().flatten(1).norm(dim=1), torch.full((8,), 0.1), atol=1e-6)
+    wider = DiracConvNormAct(16, 32, 3, 2)  # a stage change: the identity on the first 16 channels only
+    assert wider.delta[:16, :, 1, 1].equal(torch.eye(16)) and wider.delta[16:].abs().sum() == 0
     model = pnnh.create_model("resnet20", kind="dirac")
-    assert isinstance(model.stem[0].act, NCReLU) and model.fc.in_features == 128
+    assert type(model.stem[0]) is not DiracConvNormAct  # the stem reads the image: an ordinary conv
+    assert {n for n, p in model.named_parameters() if p.ndim <= 1} >= {
+        n for n, _ in model.named_parameters() if n.endswith(("dirac_scale", "weight_scale"))}  # no decay
 
 
 def test_skip_free_kinds_are_refused_where_they_are_not_built() -> None:

@@ -14,9 +14,8 @@ ordinary channels of ordinary convs:
 BatchNorm is folded into the convs, so the chain holds only Conv2d/Linear with
 bias, activations, pooling and Flatten. The skip-free kinds need no code carried:
 each conv layer says what one conv computes it (``fused``: RepVGG's branches,
-DiracNet's kernel), and two activations are written with their neighbours
-(``_lower_activations``): TAT's s * leaky(z) as leaky(s z), DiracNet's NCReLU
-as a ReLU of [z, -z].
+DiracNet's kernel), and TAT's activation s * leaky(z) is written as leaky(s z)
+(``_lower_activations``).
 """
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ import torch
 import torch.nn as nn
 
 from .errors import PnnhError
-from .models.dirac import NCReLU
 from .models.layers import Block, ConvNet, ConvNormAct, TiedCoder
 from .models.tat import TReLU
 from .models.vit import Attention, Mlp, VisionTransformer, ViTBlock, attend
@@ -107,35 +105,15 @@ def block_to_plain(block: Block) -> nn.Sequential:
 
 @torch.no_grad()
 def _lower_activations(layers: list[nn.Module]) -> list[nn.Module]:
-    """Write the skip-free kinds' activations as plain layers, editing the linear layers beside them:
-    TReLU s * leaky(z, a) = leaky(s z, a) (s > 0: the conv before is scaled); NCReLU [max(z, 0), min(z, 0)]
-    = [relu(z), -relu(-z)] (the conv before writes [z, -z], the next linear layer reads the second half
-    negated; only pooling by averaging and Flatten may stand between, as they commute with the sign)."""
+    """TAT's TReLU s * leaky(z, a) as plain layers: leaky(s z, a) (s > 0), the conv before it scaled."""
     out: list[nn.Module] = []
-    negate_next = False
     for m in layers:
-        if isinstance(m, (TReLU, NCReLU)):
+        if isinstance(m, TReLU):
             prev = out[-1] if out else None
-            if not isinstance(prev, nn.Conv2d):
-                raise PnnhError(f"to_plain: {type(m).__name__} must follow a conv, not {type(prev).__name__}")
-            weight, bias = prev.weight, prev.bias
-            assert bias is not None  # every conv of a chain has one (_conv)
-            if isinstance(m, TReLU):
-                out[-1] = _conv(prev, weight * m.scale, bias * m.scale)
-                out.append(nn.LeakyReLU(m.negative_slope))
-            else:
-                out[-1] = _conv(prev, torch.cat([weight, -weight]), torch.cat([bias, -bias]))
-                out.append(nn.ReLU())
-                negate_next = True
-            continue
-        if negate_next and isinstance(m, (nn.Conv2d, nn.Linear)):
-            weight = m.weight.clone()
-            weight[:, weight.shape[1] // 2:] *= -1
-            assert m.bias is not None
-            m = _conv(m, weight, m.bias) if isinstance(m, nn.Conv2d) else _linear(weight, m.bias)
-            negate_next = False
-        elif negate_next and not isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
-            raise PnnhError(f"to_plain: {type(m).__name__} between an NCReLU and the next conv has no plain form")
+            if not isinstance(prev, nn.Conv2d) or prev.bias is None:
+                raise PnnhError(f"to_plain: a TReLU must follow a conv, not {type(prev).__name__}")
+            out[-1] = _conv(prev, prev.weight * m.scale, prev.bias * m.scale)
+            m = nn.LeakyReLU(m.negative_slope)
         out.append(m)
     return out
 

@@ -21,7 +21,6 @@ from ..entries import Entry
 from ..errors import PnnhError
 from ..hub import create_model, model_from_checkpoint
 from ..io import make_dir, write_csv, write_json
-from ..models.dirac import NCReLU
 from ..models.tat import TReLU
 from ..progress import bar, log
 from .dists import DISTS, feature_map_image
@@ -29,7 +28,7 @@ from .metrics import effective_rank_gram, gram, linear_cka_gram, position_spread
 from .plots import plot_probe
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
-               TReLU, NCReLU)  # the last two: the tat and dirac kinds' activations
+               TReLU)  # the last: the tat kind's activation
 METRICS = ("cka", "r2", "survival", "erank", "spread", "dists")
 
 

@@ -1,17 +1,16 @@
 """The ``dirac`` kind: DiracNets (Zagoruyko and Komodakis 2017, "DiracNets: Training Very Deep Neural
-Networks Without Skip-Connections").
+Networks Without Skip-Connections"; the paper's v2 and its code, which dropped v1's NCReLU).
 
 Every conv after the stem has the kernel
 
     diag(a) I + diag(b) W / ||W||        (per output channel; I the Dirac delta: conv(x, I) = x)
 
-and learns a, b and W; for inference the kernel is computed once and BN folded into it (``fused``): one
-ordinary conv, so the net is plain while training and after. As in DiracNets, the activation is
-NCReLU, [max(x, 0), min(x, 0)] on channels, so the identity part of the next kernel carries x across the
-non-linearity whatever its sign (the sum of the two halves is x); each conv therefore reads twice its
-input width (about twice the MACs of the plain kind at the same learner widths). The stem's conv reads
-the image and stays an ordinary conv. Defaults of the paper's code: a = 5, b = 1e-3 at initialisation;
-stage changes use the CIFAR ResNet's strided convs here, where DiracNets use max-pooling.
+and learns a, b and W (W normalised over each output filter). For inference the kernel is computed once
+and BN folded into it (``fused``): one ordinary conv, so the net is a chain of conv-ReLU layers while it
+trains and after. Defaults of the authors' v2 code: a = 1 and b = 0.1 at initialisation, a and b without
+weight decay (pnnh decays no 1-d parameter), I = ``torch.nn.init.dirac_`` (where the width grows, the
+new channels start with no identity part). Stage changes use the CIFAR ResNet's strided convs here, where
+DiracNets use max-pooling; the stem's conv reads the image and stays an ordinary conv.
 """
 from __future__ import annotations
 
@@ -19,28 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import PnnhError
 from .layers import ConvNet, ConvNormAct, LayerFn, bn_affine, replace_modules, same_geometry
 from .registry import register_kind
 
-DIRAC_SCALE, WEIGHT_SCALE = 5.0, 1e-3  # a and b at initialisation (the DiracNets code's values)
-
-
-class NCReLU(nn.Module):
-    """[max(x, 0), min(x, 0)] along the channels: a ReLU that keeps the negative part in its own channels."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([x.clamp(min=0), x.clamp(max=0)], dim=1)
-
-
-def dirac_delta(out_ch: int, in_ch: int, kernel_size: int) -> torch.Tensor:
-    """The Dirac kernel: output channel o reads input channel i at the centre tap where o = i modulo
-    min(out_ch, in_ch), so a 2C -> C kernel sums the two NCReLU halves back to x."""
-    n = min(out_ch, in_ch)
-    delta = torch.zeros(out_ch, in_ch, kernel_size, kernel_size)
-    same = (torch.arange(out_ch)[:, None] % n) == (torch.arange(in_ch)[None, :] % n)
-    delta[:, :, kernel_size // 2, kernel_size // 2] = same.float()
-    return delta
+DIRAC_SCALE, WEIGHT_SCALE = 1.0, 0.1  # a and b at initialisation (the DiracNets v2 code's values)
 
 
 class DiracConvNormAct(ConvNormAct):
@@ -53,7 +34,10 @@ class DiracConvNormAct(ConvNormAct):
         super().__init__(in_ch, out_ch, kernel_size, stride, norm_layer, act_layer, apply_act)
         self.dirac_scale = nn.Parameter(torch.full((out_ch,), DIRAC_SCALE))
         self.weight_scale = nn.Parameter(torch.full((out_ch,), WEIGHT_SCALE))
-        self.register_buffer("delta", dirac_delta(out_ch, in_ch, kernel_size))  # saved: models load on "meta"
+        delta = torch.empty(out_ch, in_ch, kernel_size, kernel_size)
+        if not delta.is_meta:
+            nn.init.dirac_(delta)
+        self.register_buffer("delta", delta)  # saved with the weights: models are rebuilt on "meta"
 
     def kernel(self) -> torch.Tensor:
         w = self.conv.weight
@@ -72,19 +56,9 @@ class DiracConvNormAct(ConvNormAct):
 
 @register_kind("dirac")
 def make_dirac(model: nn.Module) -> None:
-    """NCReLU for every ReLU; every conv but the stem's first reads the doubled width through a Dirac
-    kernel; the classifier reads the doubled features."""
+    """Every conv but the stem's first becomes a Dirac-parameterised conv."""
     assert isinstance(model, ConvNet)
-    acts = [m for m in model.modules() if isinstance(m, nn.ReLU)]
-    others = {type(m).__name__ for m in model.modules() if isinstance(m, (nn.GELU, nn.SiLU, nn.LeakyReLU))}
-    if others:
-        raise PnnhError(f"kind dirac replaces ReLU by NCReLU; this model has {', '.join(sorted(others))}")
-    if not acts:
-        raise PnnhError("kind dirac: the model has no ReLU to replace")
     first = next(m for m in model.modules() if isinstance(m, ConvNormAct))
-    replace_modules(model, lambda m: isinstance(m, nn.ReLU), lambda m: NCReLU())
     replace_modules(model, lambda m: type(m) is ConvNormAct and m is not first,
-                    lambda m: same_geometry(m, DiracConvNormAct, in_factor=2))
-    model.num_features *= 2
-    model.reset_classifier(model.num_classes)
+                    lambda m: same_geometry(m, DiracConvNormAct))
     model._init_weights()
