@@ -152,7 +152,7 @@ def test_skip_free_kinds_are_refused_where_they_are_not_built() -> None:
         pnnh.create_model("resnet20", kind="dirac", code_ratio=0.5)
     with pytest.raises(pnnh.PnnhError, match="widths must be even"):
         pnnh.create_model("resnet20", kind="looks_linear", learner_ratio=0.7)
-    result = run_cli("train", "--model", "vit_cifar_6", "--kind", "tat", "--data", "synthetic", "--epochs", "1")
+    result = run_cli("train", "--model", "vit_cifar_6", "--kind", "tat", "--data", "fashion-mnist", "--epochs", "1")
     assert_one_line_error(result, "kind 'tat' is not built for vit_cifar_6")
     result = run_cli("bench", "--entries", "resnet20:residual:code_ratio=0.5")
     assert_one_line_error(result, "code_ratio applies to kind pnnh only")
