@@ -368,12 +368,12 @@ def replace_modules(model: nn.Module, match: Callable[[nn.Module], bool],
     return len(made)
 
 
-def same_geometry(unit: nn.Module, cls: Callable[..., ConvNormAct], in_factor: int = 1) -> ConvNormAct:
+def same_geometry(unit: nn.Module, cls: Callable[..., ConvNormAct]) -> ConvNormAct:
     """A ``cls`` layer (a ConvNormAct of another kind) with ``unit``'s widths, kernel, stride, norm and
-    activation (``in_factor``: times the input width)."""
+    activation."""
     assert isinstance(unit, ConvNormAct)
     conv = unit.conv
-    new = cls(in_factor * conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
+    new = cls(conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0],
               type(unit.bn), nn.ReLU)
     new.act = unit.act
     return new
