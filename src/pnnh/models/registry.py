@@ -107,6 +107,14 @@ def check_kind(kind: str, name: str | None = None) -> None:
                         f"{', '.join(model_info(name)['kinds'])}); {kind} is built for: {', '.join(builders)}")
 
 
+def check_kind_options(kind: str, options: dict) -> None:
+    """Refuse an option that only another kind takes (KIND_OPTIONS: the coder's options are pnnh's)."""
+    for key, value in options.items():
+        if KIND_OPTIONS.get(key, kind) != kind:
+            raise PnnhError(f"model option {key} applies to kind {KIND_OPTIONS[key]} only, not {kind}: drop "
+                            f"{key}={value}")
+
+
 def model_options(name: str) -> dict[str, Any]:
     """The keyword options of model ``name`` and their defaults (its family's builder's signature, less the
     kind and the layer types)."""
@@ -124,10 +132,8 @@ def check_options(name: str, kind: str, options: dict, reserved: tuple[str, ...]
     check_model_name(name)
     check_kind(kind, name)
     allowed = model_options(name)
+    check_kind_options(kind, {k: v for k, v in options.items() if k in allowed})
     for key, value in options.items():
-        if key in allowed and KIND_OPTIONS.get(key, kind) != kind:
-            raise PnnhError(f"model option {key} applies to kind {KIND_OPTIONS[key]} only, not {kind}: drop "
-                            f"{key}={value}")
         if key in reserved:
             raise PnnhError(f"model option {key} is set from the data and the command line, not by --model-kwargs: "
                             f"drop {key}={value}")
@@ -156,9 +162,7 @@ def create_model(name: str, kind: str = "residual", **kwargs) -> PnnhNet:
     ``code_ratio``, ...) go to the family's constructor. ``pnnh.create_model`` also loads a checkpoint."""
     check_model_name(name)
     check_kind(kind, name)
-    for key in kwargs:
-        if KIND_OPTIONS.get(key, kind) != kind:
-            raise PnnhError(f"model option {key} applies to kind {KIND_OPTIONS[key]} only, not {kind}: drop it")
+    check_kind_options(kind, kwargs)
     try:
         return _MODELS[name](kind=kind, **kwargs)
     except TypeError as e:  # an unknown keyword option
