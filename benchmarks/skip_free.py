@@ -43,20 +43,23 @@ DEFINITION = ("linear CKA between the input images and the output of the net's l
               "copy); per seed, the seed draws the weights and the images")
 
 
+def ranks(v: list[float]) -> list[float]:
+    """0-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(v)), key=v.__getitem__)
+    r = [0.0] * len(v)
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2
+        i = j + 1
+    return r
+
+
 def spearman(x: list[float], y: list[float]) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
     rx, ry = ranks(x), ranks(y)
     mx, my = statistics.fmean(rx), statistics.fmean(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
@@ -128,7 +131,7 @@ def report(acc: dict[str, dict], probes: dict[str, dict]) -> None:
     if len(rows) >= 4:
         rho = spearman(x, y)
         low, high = bootstrap(x, y)
-        rank_x, rank_y = _ranks_for_outliers(x), _ranks_for_outliers(y)
+        rank_x, rank_y = ranks(x), ranks(y)
         gaps = sorted(((abs(a - b), r["entry"]) for a, b, r in zip(rank_x, rank_y, rows)), reverse=True)
         result |= {"spearman": rho, "bootstrap_95": [low, high], "outliers": [e for _, e in gaps[:3]]}
     write_json(OUT / "probe_vs_accuracy.json", result)
@@ -144,14 +147,6 @@ def report(acc: dict[str, dict], probes: dict[str, dict]) -> None:
     write_atomic(OUT / "probe_vs_accuracy.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, result)
-
-
-def _ranks_for_outliers(v: list[float]) -> list[int]:
-    order = sorted(range(len(v)), key=v.__getitem__)
-    r = [0] * len(v)
-    for rank, i in enumerate(order):
-        r[i] = rank
-    return r
 
 
 def _plot(rows: list[dict], result: dict) -> None:
