@@ -8,7 +8,10 @@ Inputs (each made by a command of this repository, named in the output):
 - the probe at initialisation, docs/figures/probe_resnet56/probe.json, and the theorems' Monte Carlo
   checks, docs/figures/theory/theory.json;
 - training throughput, benchmarks/results/throughput/resnet56_controls_b128.json (pnnh bench);
-- the ViT matrix, benchmarks/results/evidence_vit/*/runs/* (benchmarks/evidence.sh vit12 vit24).
+- the ViT matrix, benchmarks/results/evidence_vit/*/runs/* (benchmarks/evidence.sh vit12 vit24);
+- near convergence, the full-budget stages of benchmarks/results/gpu_nc_cifar-fast/ (the CPU's time-to-accuracy
+  recipe at 25 epochs on all 50,000 images, run on a lent GPU by benchmarks/gpu.sh): the accuracy claims again,
+  by the same rules, in a column of their own (one verdict never mixes budgets).
 
 Rules. Accuracy is the final test accuracy on the full test set, per seed; an entry needs SEEDS_NEEDED
 finished seeds to decide anything. A seed that diverged (its loss or gradient became NaN/inf: the run's
@@ -49,14 +52,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
 PER_RUN = ("model", "kind", "model_kwargs", "seed")
+NEAR = RESULTS / "gpu_nc_cifar-fast"  # benchmarks/gpu.sh MATRIX=nc RECIPE=cifar-fast
+NEAR_STAGES = ("nc_a56", "nc_a56_plain", "nc_b110", "nc_b110_plain", "nc_c_thin56", "nc_c_default56")  # full budget
+NEAR_COMMAND = "MATRIX=nc RECIPE=cifar-fast bash benchmarks/gpu.sh (on the lease: benchmarks/gpu_lease.sh)"
 
 
-def finished_runs(folder: Path) -> tuple[dict[str, list[float | None]], dict | None]:
+def finished_runs(folder: Path, stages: tuple[str, ...] | None = None
+                  ) -> tuple[dict[str, list[float | None]], dict | None]:
     """({entry label: final test accuracies in points, one per finished seed in seed order, None for a seed
-    that diverged}, the shared budget) of every run under folder; refuses runs whose budgets differ."""
+    that diverged}, the shared budget) of every run under folder (under its ``stages`` folders only, if
+    given); refuses runs whose budgets differ."""
     accs: dict[str, dict[int, float | None]] = {}
     budget, budget_from = None, None
     for run in sorted(folder.glob("*/runs/*")):
+        if stages is not None and run.parent.parent.name not in stages:
+            continue
         diverged = (run / DIVERGED).exists()
         try:
             cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))  # with defaults
@@ -470,14 +480,33 @@ def between_markers(text: str, name: str, lines: list[str]) -> str:
     return head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end, 1)[1]
 
 
+def budgets_table(rows: list[dict], near_rows: list[dict], budget: dict | None, near: dict | None) -> list[str]:
+    """The accuracy claims side by side, one column per budget (Markdown lines)."""
+    if near is None:
+        return ["No near-convergence run has finished yet."]
+    name = (f"near convergence: {describe_budget(near)}, on "
+            f"{'a GPU' if near['device'] == 'cuda' else near['device']}")
+    lines = [f"| claim | {describe_budget(budget) if budget else 'first budget'} | {name} |", "|---|---|---|"]
+    for a, b in zip(rows, near_rows):
+        lines.append(f"| {a['claim']} | **{a['verdict']}**: {a['measured']} | **{b['verdict']}**: {b['measured']} |")
+    return lines
+
+
 def main() -> None:
     raw, budget = finished_runs(RESULTS / "evidence")
     acc = {k: stats(v) for k, v in raw.items()}
     raw_vit, budget_vit = finished_runs(RESULTS / "evidence_vit")
     acc_vit = {k: stats(v) for k, v in raw_vit.items()}
-    rows = [probe_claim(), *theory_claims(), *accuracy_claims(acc), throughput_claim(), transformer_claim(acc_vit)]
+    raw_near, budget_near = finished_runs(NEAR, NEAR_STAGES)
+    if budget_near is not None:  # where and how it ran is RESUME_SAFE; the table says which
+        first = next(NEAR.glob(f"{NEAR_STAGES[0]}/runs/*/config.json"), None)
+        budget_near["device"] = json.loads(first.read_text())["device"] if first else "unknown"
+    acc_near = {k: stats(v) for k, v in raw_near.items()}
+    acc_rows, near_rows = accuracy_claims(acc), accuracy_claims(acc_near)
+    rows = [probe_claim(), *theory_claims(), *acc_rows, throughput_claim(), transformer_claim(acc_vit)]
     lines = ["| claim | measured | decided by | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['measured']} | {r['decided_by']} | **{r['verdict']}**: {r['why']} |" for r in rows]
+    by_budget = budgets_table(acc_rows, near_rows, budget, budget_near)
     done, failed = sum(v["n"] for v in acc.values()), sum(v["diverged"] for v in acc.values())
     decided = [k for k, v in sorted(acc.items()) if v["n"] + v["diverged"] >= SEEDS_NEEDED]
     lines += ["", f"Evidence matrix: {done} trainings finished" + (f", {failed} diverged" if failed else "")
@@ -485,22 +514,28 @@ def main() -> None:
                   f"{', '.join(decided) or 'none yet'}. "
                   "Differences are in points of test accuracy, ± 2 standard errors.", "", calibration_line(acc)]
     vit_table = runs_table(acc_vit, budget_vit, "JOBS=2 bash benchmarks/evidence.sh vit12 vit24")
+    near_table = runs_table(acc_near, budget_near, NEAR_COMMAND)
     text = "\n".join(["# The paper's claims, decided", "",
                       "Made by `python benchmarks/verdict.py` from the committed measurements; rules in its docstring "
                       f"(margin {MARGIN:g} point, 2 standard errors, {SEEDS_NEEDED} seeds needed).", "",
-                      *lines, "", "## The evidence matrix's finished runs", "",
+                      *lines, "", "## The accuracy claims at each budget", "", *by_budget, "",
+                      "## The evidence matrix's finished runs", "",
                       *runs_table(acc, budget, "JOBS=2 bash benchmarks/evidence.sh"), "",
+                      "## The near-convergence matrix's finished runs", "", *near_table, "",
                       "## The ViT matrix's finished runs", "", *vit_table, ""])
     write_atomic(RESULTS / "verdict" / "verdict.md", text)
     write_json(RESULTS / "verdict" / "verdict.json", {"rules": {"margin_points": MARGIN, "seeds_needed": SEEDS_NEEDED},
                                           "claims": rows, "entries": acc, "budget": budget,
-                                          "vit_entries": acc_vit, "vit_budget": budget_vit})
+                                          "vit_entries": acc_vit, "vit_budget": budget_vit,
+                                          "near": {"claims": near_rows, "entries": acc_near, "budget": budget_near,
+                                                   "stages": list(NEAR_STAGES), "command": NEAR_COMMAND}})
     width_plot(acc, RESULTS / "evidence" / "width.png")
     if "--readme" in sys.argv[1:]:
         sys.exit("verdict: --readme was removed: the README is written by people; --results writes the tables "
                  "into docs/results.md")
     if "--results" in sys.argv[1:]:
         page = between_markers(RESULTS_PAGE.read_text(), "verdict", lines)
+        page = between_markers(page, "budgets", [*by_budget, "", *near_table])
         write_atomic(RESULTS_PAGE, between_markers(page, "vit", vit_table))
     print(text)
 

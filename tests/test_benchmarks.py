@@ -94,4 +94,46 @@ def test_gpu_script_carries_the_near_convergence_matrix_at_the_he_schedule() -> 
     assert any("--seeds 0 --entries resnet56:plain --output benchmarks/results/gpu_nc_he/nc_a56_plain" in r
                for r in reports)
     bad = _gpu_dry_run(MATRIX="nc", RECIPE="slow")
-    assert bad.returncode == 2 and "RECIPE is he or fast" in bad.stderr
+    assert bad.returncode == 2 and "RECIPE is he, fast or cifar-fast" in bad.stderr
+
+
+def test_gpu_script_runs_the_cpu_recipe_with_a_doubled_budget() -> None:
+    result = _gpu_dry_run(MATRIX="nc", RECIPE="cifar-fast")
+    assert result.returncode == 0, result.stderr
+    runs = [line for line in result.stdout.splitlines() if line.endswith("--no-report")]
+    assert all(line.startswith("pnnh compare --recipe cifar-fast ") for line in runs)
+    assert sum("--epochs 25 " in line for line in runs) == 20 and sum("--epochs 50 " in line for line in runs) == 4
+    assert runs[0].endswith("--entries resnet56:residual --output benchmarks/results/gpu_nc_cifar-fast/nc_a56 "
+                            "--no-report")
+
+
+def _gpu_with_fake_pnnh(tmp_path, body: str, deadline: int) -> subprocess.CompletedProcess:
+    """gpu.sh (MATRIX=kinds: 3 runs, 2 at a time) with a bash script of ``body`` standing in for pnnh."""
+    fake = tmp_path / "pnnh"
+    fake.write_text("#!/usr/bin/env bash\n" + body)
+    fake.chmod(0o755)
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PNNH": str(fake), "DEVICE": "cpu", "CONCURRENT": "2",
+                               "DEADLINE": str(deadline), "DATA_DIR": str(tmp_path / "data"),
+                               "OUT": str(tmp_path / "out")})
+
+
+def test_gpu_script_starts_only_what_ends_before_its_deadline(tmp_path) -> None:
+    """Two runs of 2 s set the pace; the third would end after DEADLINE=3, so it is not started, and the
+    script says so and exits 3 without the closing reports (which would train the missing run)."""
+    result = _gpu_with_fake_pnnh(tmp_path, 'echo "$*" >> "$(dirname "$0")/calls"\nsleep 2\n', deadline=3)
+    assert result.returncode == 3, result.stderr
+    assert "1 runs not started (kinds resnet56:pnnh seed 0;)" in result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 2 and all(c.endswith("--no-report") for c in calls)
+
+
+def test_gpu_script_stops_the_runs_in_flight_at_its_deadline(tmp_path) -> None:
+    """At DEADLINE the runs themselves get SIGTERM (pnnh then writes last.pt and exits), not only their shells.
+    (DEADLINE=2: whole seconds on the clock, so at least 1 s, time for the fake to set its trap.)"""
+    result = _gpu_with_fake_pnnh(tmp_path, "trap 'echo stopped >> \"$(dirname \"$0\")/calls\"; exit 3' TERM\n"
+                                           "sleep 20 & wait\n", deadline=2)
+    assert result.returncode == 3, result.stderr
+    assert "the deadline; stopping 2 runs" in result.stderr
+    assert (tmp_path / "calls").read_text().splitlines() == ["stopped", "stopped"]

@@ -66,8 +66,10 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     state (weights and BatchNorm statistics; counters are copied), with d = min(decay, (1 + step) / (10 + step))
     so that the average does not lean on the initial weights early on (timm's ModelEma warm-up)."""
     d = min(decay, (1 + step) / (10 + step))
-    for average, current in zip(ema.state_dict().values(), model.state_dict().values()):
-        if average.is_floating_point():
-            average.lerp_(current, 1 - d)
-        else:
+    pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
+    floats = [(average, current) for average, current in pairs if average.is_floating_point()]
+    if floats:  # one fused update of all of them: a launch per tensor would dominate a small net's GPU step
+        torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - d)
+    for average, current in pairs:
+        if not average.is_floating_point():
             average.copy_(current)

@@ -280,6 +280,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, given: set[str] | 
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks the fastest kernels once
     run_dir = cfg.run_dir
     same_folder = resume is not None and run_dir.resolve() == Path(resume).resolve().parent
     if not same_folder and (run_dir / "last.pt").exists():
