@@ -145,3 +145,27 @@ def test_pnnh_claim_fails_only_when_every_variant_has_failed() -> None:
             **{k: s([30.0, 31.0, 29.0]) for k in [*narrow, *rest]},
             "resnet56:pnnh:coder=learned,coder_share=block": s([45.59, 46.26, 45.62])}
     assert verdict.accuracy_claims(near)[1]["verdict"] == "does not hold (marginal)"
+
+
+def test_a_column_per_budget_reads_only_its_stages(tmp_path: Path) -> None:
+    """The near-convergence column reads the full-budget stages of its folder; the gap stages beside them
+    (other epochs) would mix budgets, and read together they are refused."""
+    for stage, epochs in (("nc_a56", 2), ("nc_half", 1)):
+        run = tmp_path / stage / "runs" / "r0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"model": "resnet56", "kind": "residual", "model_kwargs": {},
+                                                     "seed": 0, "epochs": epochs, "device": "cuda"}))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "test_acc": 0.8}) + "\n"
+                                                   for e in range(epochs)))
+    acc, budget = verdict.finished_runs(tmp_path, ("nc_a56",))
+    assert acc == {"resnet56:residual": [pytest.approx(80.0)]} and budget["epochs"] == 2
+    with pytest.raises(SystemExit, match="differ in epochs"):
+        verdict.finished_runs(tmp_path)
+    s = verdict.stats
+    first = verdict.accuracy_claims({"resnet56:residual": s([76.4, 76.2, 75.9])})
+    near = verdict.accuracy_claims({"resnet56:residual": s([87.8, 87.7, 88.0]),
+                                    "resnet56:pnnh:code_ratio=0.5": s([85.8, 86.6])})
+    table = verdict.budgets_table(first, near, budget, {**budget, "device": "cuda"})
+    assert table[0].startswith("| claim | all training images, 2 epochs") and table[0].endswith("on a GPU |")
+    assert len(table) == 2 + len(first) and "code_ratio=0.5 at 56: -1.63 (2 of 3 seeds)" in table[3]
+    assert verdict.budgets_table(first, near, budget, None) == ["No near-convergence run has finished yet."]
