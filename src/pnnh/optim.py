@@ -68,7 +68,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     d = min(decay, (1 + step) / (10 + step))
     pairs = list(zip(ema.state_dict().values(), model.state_dict().values()))
     floats = [(average, current) for average, current in pairs if average.is_floating_point()]
-    if floats:  # one fused update of all of them: a launch per tensor would dominate a small net's GPU step
+    if floats:  # one call for all of them, not one per tensor (each a kernel launch on a GPU)
         torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - d)
     for average, current in pairs:
         if not average.is_floating_point():
