@@ -1,6 +1,8 @@
-"""The PNNH gap against the training budget (issue: evidence near convergence, item 3).
+"""The PNNH gap against the training budget, and against the learning rate (issue: evidence near
+convergence, items 3 and 4).
 
-    python benchmarks/nc_gap.py     # prints the table; writes results/gpu_nc_cifar-fast/gap.{json,png}
+    python benchmarks/nc_gap.py     # prints both tables; writes results/gpu_nc_cifar-fast/gap.{json,png}
+                                    # and results/evidence_lr/lr.json
 
 For resnet56, pnnh minus residual (points of final test accuracy, mean over seeds, +- 2 standard errors
 of the difference) at each budget whose runs are committed:
@@ -9,6 +11,12 @@ of the difference) at each budget whose runs are committed:
 - 1/4, 1/2, 1 and 2 times 25 epochs on all 50,000 images with the time-to-accuracy recipe `cifar-fast`
   (benchmarks/results/gpu_nc_cifar-fast/nc_quarter, nc_half, nc_a56, nc_double; on a lent GPU).
 The x axis is training images seen. Only measured points are drawn: no curve is fitted or extended.
+
+The learning rate: at the 20k x 8 budget, residual and pnnh `code_ratio=0.5` at the evidence recipe's
+lr 0.2 (stages a and c of benchmarks/results/evidence/) and at half and double it
+(benchmarks/results/evidence_lr/lr_half, lr_double: `JOBS=2 bash benchmarks/evidence.sh lr_half
+lr_double`), and the gap with each kind at its own best learning rate (best by mean accuracy over its
+finished seeds: 3 at lr 0.2, 2 at the others; a learning rate at which a seed diverged is never the best).
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ from pnnh.io import save_figure, write_json
 
 VARIANTS = ("resnet56:pnnh:code_ratio=0.5", "resnet56:pnnh:coder=learned,coder_share=block")
 REFERENCE = "resnet56:residual"
+LR_SWEEP = [(0.1, RESULTS / "evidence_lr", ("lr_half",)), (0.2, RESULTS / "evidence", ("a_depth56", "c_width56")),
+            (0.4, RESULTS / "evidence_lr", ("lr_double",))]
 BUDGETS = [  # (name, folder, stages or None)
     ("20k x 8 (evidence recipe)", RESULTS / "evidence", None),
     ("cifar-fast 1/4", NEAR, ("nc_quarter",)),
@@ -75,7 +85,30 @@ def plot(rows: list[dict], path) -> None:
     save_figure(fig, path)
 
 
+def lr_sweep() -> dict:
+    """{kind label: {lr: stats}} over the sweep, the best lr of each kind, and the gap at each one's best."""
+    by_kind: dict[str, dict[float, dict]] = {REFERENCE: {}, VARIANTS[0]: {}}
+    for lr, folder, stages in LR_SWEEP:
+        raw, budget = finished_runs(folder, stages)
+        if budget is not None and budget["lr"] != lr:
+            raise SystemExit(f"nc_gap: {folder} {stages} ran at lr {budget['lr']}, not {lr}")
+        for label in by_kind:
+            if label in raw:
+                by_kind[label][lr] = stats(raw[label])
+    clean = {k: {lr: st for lr, st in v.items() if st["n"] and not st["diverged"]} for k, v in by_kind.items()}
+    best = {k: max(v, key=lambda lr: v[lr]["mean"]) for k, v in clean.items() if v}  # a diverged lr is never best
+    out: dict = {"accuracy": {k: {str(lr): s for lr, s in v.items()} for k, v in by_kind.items()},
+                 "best_lr": best}
+    if len(best) == 2:
+        a, b = by_kind[VARIANTS[0]][best[VARIANTS[0]]], by_kind[REFERENCE][best[REFERENCE]]
+        out["gap_at_best"] = {"gap": a["mean"] - b["mean"], "se": math.sqrt(a["se"] ** 2 + b["se"] ** 2)
+                              if a["n"] > 1 and b["n"] > 1 else None}
+    return out
+
+
 def main() -> None:
+    sweep = lr_sweep()
+    write_json(RESULTS / "evidence_lr" / "lr.json", sweep)
     rows = gaps()
     write_json(NEAR / "gap.json", {"reference": REFERENCE, "rows": rows})
     plot(rows, NEAR / "gap.png")
@@ -86,6 +119,16 @@ def main() -> None:
         print(f"| {r['budget']} | {r['images_seen']:,} | {r['variant'].split(':', 2)[2]} | "
               f"{r['reference']['mean']:.2f} ({r['reference']['n']}) | {r['pnnh']['mean']:.2f} ({r['pnnh']['n']}) | "
               f"{r['gap']:+.2f}{spread} |")
+    print("\n| lr (20k x 8) | " + " | ".join(sweep["accuracy"]) + " |")
+    print("|---|---|---|")
+    for lr, _, _ in LR_SWEEP:
+        cells = [sweep["accuracy"][k].get(str(lr)) for k in sweep["accuracy"]]
+        print(f"| {lr:g} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']} seeds)" if c and c["n"] > 1
+                                           else f"{c['mean']:.2f} (1 seed)" if c else "not run" for c in cells) + " |")
+    if "gap_at_best" in sweep:
+        g = sweep["gap_at_best"]
+        print(f"\nbest lr: {sweep['best_lr']}; gap at each kind's best: {g['gap']:+.2f}"
+              + (f" ± {2 * g['se']:.2f} (2 SE)" if g["se"] is not None else ""))
 
 
 if __name__ == "__main__":
