@@ -138,7 +138,8 @@ def report(acc: dict[str, dict], probes: dict[str, dict]) -> None:
     lines = ["| entry | test acc (20k x 8) | seeds | CKA with the input at the last layer, at init |",
              "|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["acc_mean"]):
-        lines.append(f"| {r['entry']} | {r['acc_mean']:.2f} +- {r['acc_std']:.2f}% | {r['seeds']} "
+        spread = f" +- {r['acc_std']:.2f}" if r["seeds"] > 1 else ""  # one seed has no spread
+        lines.append(f"| {r['entry']} | {r['acc_mean']:.2f}{spread}% | {r['seeds']} "
                      f"| {r['init_cka']:.3f} |")
     if "spearman" in result:
         lines.append(f"\nSpearman rho = {result['spearman']:.2f} (95% bootstrap over entries "
