@@ -6,8 +6,12 @@
 # finished runs without training anything again. Finished runs are skipped, so it continues where it stopped.
 #   bash benchmarks/gpu.sh                      # MATRIX=kinds: resnet56 residual, plain, pnnh (one seed)
 #   MATRIX=nc bash benchmarks/gpu.sh            # the near-convergence matrix (benchmarks/evidence.sh NC_ORDER)
+#   MATRIX=skipfree bash benchmarks/gpu.sh      # the skip-free kinds at resnet56 and resnet110 (evidence.sh's
+#                                               # f_skipfree56, g_skipfree110, 3 seeds) at RECIPE=evidence, and
+#                                               # residual resnet56 (2 seeds) as the control against the CPU's runs
 #   RECIPE=he ...                               # He et al. 2016: 164 epochs, batch 128, lr 0.1 /10 at 50% and 75%
 #   RECIPE=fast ...                             # 30 epochs, batch 512, one-cycle (the default)
+#   RECIPE=evidence ...                         # benchmarks/evidence.sh's 20,000 x 8 budget, float32 as on the CPUs
 #   RECIPE=cifar-fast ...                       # the CPU's time-to-accuracy recipe at EPOCHS=25, the budget of
 #                                               # benchmarks/evidence.sh's near-convergence stages (NC_EPOCHS),
 #                                               # plus nc_double (2x the epochs) in MATRIX=nc
@@ -15,13 +19,14 @@
 #   DATA_DIR=/data/cifar10-jpeg OUT=... SEED=1 CONCURRENT=4 EPOCHS=... COMPILE=1 (torch.compile each run)
 #   DEADLINE=450: for a lease that ends. At DEADLINE seconds the runs in flight are stopped (each writes
 #     last.pt, so the next call resumes it), the reports are skipped and gpu.sh exits 3; before it, a run is
-#     started only if the slowest finished run's seconds per (epoch x depth) say it ends in time
+#     started only if the slowest finished run's seconds per (epoch x depth) say it ends in time; PACE (in
+#     microseconds per epoch x depth) is that pace before any run has finished (0: start regardless)
 # Smoke test on a CPU (seconds, not a result): DEVICE=cpu EXTRA="--train-subset 256 --test-subset 256 --epochs 1 --batch-size 64"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PNNH=${PNNH:-.venv/bin/pnnh}
-RECIPE=${RECIPE:-fast}
 MATRIX=${MATRIX:-kinds}
+if [ "$MATRIX" = skipfree ]; then RECIPE=${RECIPE:-evidence}; else RECIPE=${RECIPE:-fast}; fi
 DEVICE=${DEVICE:-cuda}
 SEED=${SEED:-0}
 CONCURRENT=${CONCURRENT:-3}
@@ -37,15 +42,20 @@ case "$RECIPE" in
   fast) EPOCHS=${EPOCHS:-30}; ARGS=(--batch-size 512 --opt sgd --lr 0.4 --sched onecycle --label-smoothing 0.1
                                     --weight-decay 5e-4) ;;
   cifar-fast) EPOCHS=${EPOCHS:-25}; ARGS=(--recipe cifar-fast) ;;
-  *)    echo "gpu.sh: RECIPE is he, fast or cifar-fast, not $RECIPE" >&2; exit 2 ;;
+  evidence) EPOCHS=${EPOCHS:-8}; ARGS=(--train-subset 20000 --batch-size 128 --opt sgd --lr 0.2 --sched onecycle
+                                       --label-smoothing 0.1 --weight-decay 5e-4) ;;
+  *)    echo "gpu.sh: RECIPE is he, fast, cifar-fast or evidence, not $RECIPE" >&2; exit 2 ;;
 esac
 for v in CONCURRENT EPOCHS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "gpu.sh: $v is a positive whole number, not ${!v}" >&2; exit 2; }
 done
+[[ ${PACE:-0} =~ ^[0-9]+$ ]] || { echo "gpu.sh: PACE is microseconds per epoch x depth, not $PACE" >&2; exit 2; }
 [[ $DEADLINE =~ ^[0-9]*$ ]] || { echo "gpu.sh: DEADLINE is a number of seconds, not $DEADLINE" >&2; exit 2; }
 ARGS+=(--data imagefolder --data-dir "$DATA_DIR" --workers 0 --device "$DEVICE" --channels-last)
 [ "$MATRIX" = kinds ] || [ "$SEED" = 0 ] || { echo "gpu.sh: SEED applies to MATRIX=kinds; the nc matrix sets its seeds" >&2; exit 2; }
-[ "$DEVICE" = cuda ] && ARGS+=(--amp bf16)
+[ "$MATRIX" = skipfree ] && [ "$RECIPE" != evidence ] && {
+  echo "gpu.sh: MATRIX=skipfree runs at the CPUs' 20,000 x 8 budget, RECIPE=evidence, not $RECIPE" >&2; exit 2; }
+[ "$DEVICE" = cuda ] && [ "$RECIPE" != evidence ] && ARGS+=(--amp bf16)  # the evidence budget is float32
 [ -n "$COMPILE" ] && ARGS+=(--compile)
 # shellcheck disable=SC2206
 ARGS+=(${EXTRA:-})
@@ -69,7 +79,11 @@ case "$MATRIX" in
     [ "$RECIPE" = cifar-fast ] && add nc_double 2 resnet56:residual resnet56:pnnh:code_ratio=0.5
     add nc_c_thin56 2 resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5
     add nc_c_default56 1 resnet56:pnnh ;;
-  *) echo "gpu.sh: MATRIX is kinds or nc, not $MATRIX" >&2; exit 2 ;;
+  skipfree)
+    add f_skipfree56 3 resnet56:tat resnet56:looks_linear resnet56:dirac resnet56:repvgg
+    add control56 2 resnet56:residual
+    add g_skipfree110 3 resnet110:tat resnet110:looks_linear resnet110:dirac resnet110:repvgg ;;
+  *) echo "gpu.sh: MATRIX is kinds, nc or skipfree, not $MATRIX" >&2; exit 2 ;;
 esac
 epochs() { case $1 in nc_quarter) echo $(( EPOCHS / 4 )) ;; nc_half) echo $(( EPOCHS / 2 )) ;;
                       nc_double) echo $(( EPOCHS * 2 )) ;; *) echo "$EPOCHS" ;; esac; }
@@ -83,7 +97,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 status=0
 pids=()
 declare -A began cost logs  # per run in flight: start, epochs x depth (resnet110 = 110, else 56), log
-per_unit=0             # the slowest finished run's microseconds per unit of cost
+per_unit=${PACE:-0}    # the slowest finished run's microseconds per unit of cost (PACE until one finishes)
 cost_of() { local depth; depth=$(echo "$1" | sed -n 's/^resnet\([0-9]*\).*/\1/p'); echo $(( $2 * ${depth:-56} )); }
 reap() {  # forget the runs that ended, keeping the last failure's exit status and the slowest pace
   local left=() pid rc pace

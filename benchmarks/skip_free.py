@@ -4,7 +4,11 @@
     python benchmarks/skip_free.py --report     # only the report, from the committed results
 
 The accuracies are the 20k x 8 budget's (benchmarks/evidence.sh: stages a-e, and f_skipfree56,
-g_skipfree110 for the kinds tat, looks_linear, dirac, repvgg), read from benchmarks/results/evidence/.
+g_skipfree110 for the kinds tat, looks_linear, dirac, repvgg), read from benchmarks/results/evidence/ (the
+CPUs' runs) and benchmarks/results/gpu_skipfree_evidence/ (the same budget on an H200 in float32,
+benchmarks/gpu.sh MATRIX=skipfree). An entry's seeds all come from one device, the one with more finished
+seeds (the CPUs' on a tie); the table names it, and the GPU folder's residual resnet56 (control56) set
+against the CPUs' is the control for the device.
 
 The probe scalar at initialisation, defined once (docs/skip-free.md): the linear CKA between the input
 images and the output of the net's last non-linear layer (the features the classifier pools), on 256
@@ -35,6 +39,7 @@ from pnnh.profile import count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIDENCE = ROOT / "benchmarks" / "results" / "evidence"
+GPU_EVIDENCE = ROOT / "benchmarks" / "results" / "gpu_skipfree_evidence"
 OUT = ROOT / "benchmarks" / "results" / "skip_free"
 DATA_DIR = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg")
 SEEDS, IMAGES = (0, 1, 2), 256
@@ -81,9 +86,28 @@ def bootstrap(x: list[float], y: list[float], n: int = 10_000, seed: int = 0) ->
 
 
 def accuracies() -> dict[str, dict]:
-    """{entry label: stats of its final test accuracies} over every stage of the 20k x 8 budget."""
-    accs, _ = finished_runs(EVIDENCE)
-    return {label: s for label, values in accs.items() if (s := stats(values)) is not None}
+    """{entry label: stats of its final test accuracies, with "device"} over every stage of the 20k x 8
+    budget; each entry's seeds from one device (the one with more finished seeds, the CPUs' on a tie)."""
+    cpu, _ = finished_runs(EVIDENCE)
+    gpu, _ = finished_runs(GPU_EVIDENCE, stages=("f_skipfree56", "g_skipfree110")) if GPU_EVIDENCE.exists() \
+        else ({}, None)
+    out = {}
+    for label in sorted(set(cpu) | set(gpu)):
+        device, values = max((("cpu", cpu.get(label) or []), ("gpu", gpu.get(label) or [])),
+                             key=lambda d: (len(d[1]), d[0] == "cpu"))
+        if (s := stats(values)) is not None:
+            out[label] = s | {"device": device}
+    return out
+
+
+def device_control() -> dict | None:
+    """Residual resnet56 at the budget on both devices: {"cpu": stats, "gpu": stats}, if both ran."""
+    cpu, _ = finished_runs(EVIDENCE, stages=("a_depth56",))
+    gpu, _ = finished_runs(GPU_EVIDENCE, stages=("control56",)) if GPU_EVIDENCE.exists() else ({}, None)
+    label = "resnet56:residual"
+    if not cpu.get(label) or not gpu.get(label):
+        return None
+    return {"entry": label, "cpu": stats(cpu[label]), "gpu": stats(gpu[label])}
 
 
 def probe_missing(labels: list[str]) -> dict[str, dict]:
@@ -123,11 +147,12 @@ def report(acc: dict[str, dict], probes: dict[str, dict]) -> None:
         if not p:
             continue
         rows.append({"entry": label, "acc_mean": s["mean"], "acc_std": s["std"], "seeds": s["n"],
+                     "device": s["device"],
                      "diverged": s["diverged"], "init_cka": statistics.fmean(v["last_cka"] for v in p.values()),
                      "init_cka_seeds": len(p)})
     x, y = [r["init_cka"] for r in rows], [r["acc_mean"] for r in rows]
     result = {"entries": rows, "n_entries": len(rows), "machine": {"cpu": cpu_name(), "bf16_units": bf16_units()},
-              "command": "python benchmarks/skip_free.py"}
+              "command": "python benchmarks/skip_free.py", "device_control": device_control()}
     if len(rows) >= 4:
         rho = spearman(x, y)
         low, high = bootstrap(x, y)
@@ -135,16 +160,21 @@ def report(acc: dict[str, dict], probes: dict[str, dict]) -> None:
         gaps = sorted(((abs(a - b), r["entry"]) for a, b, r in zip(rank_x, rank_y, rows)), reverse=True)
         result |= {"spearman": rho, "bootstrap_95": [low, high], "outliers": [e for _, e in gaps[:3]]}
     write_json(OUT / "probe_vs_accuracy.json", result)
-    lines = ["| entry | test acc (20k x 8) | seeds | CKA with the input at the last layer, at init |",
-             "|---|---|---|---|"]
+    lines = ["| entry | test acc (20k x 8) | seeds | trained on | CKA with the input at the last layer, at init |",
+             "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["acc_mean"]):
         spread = f" +- {r['acc_std']:.2f}" if r["seeds"] > 1 else ""  # one seed has no spread
         lines.append(f"| {r['entry']} | {r['acc_mean']:.2f}{spread}% | {r['seeds']} "
-                     f"| {r['init_cka']:.3f} |")
+                     f"| {'H200 (float32)' if r['device'] == 'gpu' else 'CPU'} | {r['init_cka']:.3f} |")
     if "spearman" in result:
         lines.append(f"\nSpearman rho = {result['spearman']:.2f} (95% bootstrap over entries "
                      f"{result['bootstrap_95'][0]:.2f} to {result['bootstrap_95'][1]:.2f}), {len(rows)} entries; "
                      f"furthest from the rank line: {', '.join(result['outliers'])}")
+    if c := result["device_control"]:
+        lines.append(f"\nDevice control, {c['entry']} at this budget: CPU {c['cpu']['mean']:.2f} +- "
+                     f"{c['cpu']['std']:.2f}% ({c['cpu']['n']} seeds), H200 {c['gpu']['mean']:.2f} +- "
+                     f"{c['gpu']['std']:.2f}% ({c['gpu']['n']} seeds): difference "
+                     f"{c['gpu']['mean'] - c['cpu']['mean']:+.2f} points")
     write_atomic(OUT / "probe_vs_accuracy.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, result)

@@ -94,7 +94,7 @@ def test_gpu_script_carries_the_near_convergence_matrix_at_the_he_schedule() -> 
     assert any("--seeds 0 --entries resnet56:plain --output benchmarks/results/gpu_nc_he/nc_a56_plain" in r
                for r in reports)
     bad = _gpu_dry_run(MATRIX="nc", RECIPE="slow")
-    assert bad.returncode == 2 and "RECIPE is he, fast or cifar-fast" in bad.stderr
+    assert bad.returncode == 2 and "RECIPE is he, fast, cifar-fast or evidence" in bad.stderr
 
 
 def test_gpu_script_runs_the_cpu_recipe_with_a_doubled_budget() -> None:
@@ -107,16 +107,38 @@ def test_gpu_script_runs_the_cpu_recipe_with_a_doubled_budget() -> None:
                             "--no-report")
 
 
-def _gpu_with_fake_pnnh(tmp_path, body: str, deadline: int) -> subprocess.CompletedProcess:
+def test_gpu_script_runs_the_skip_free_kinds_at_the_cpus_budget() -> None:
+    """MATRIX=skipfree: evidence.sh's f_skipfree56 and g_skipfree110 (3 seeds) and a residual control, at the
+    20k x 8 budget in float32 (no autocast: the CPUs' runs are float32), so the GPU's runs sit beside theirs."""
+    result = _gpu_dry_run(MATRIX="skipfree")
+    assert result.returncode == 0, result.stderr
+    runs = [line for line in result.stdout.splitlines() if line.endswith("--no-report")]
+    assert len(runs) == 4 * 2 * 3 + 2
+    budget = ("--train-subset 20000 --batch-size 128 --opt sgd --lr 0.2 --sched onecycle --label-smoothing 0.1 "
+              "--weight-decay 5e-4 ")
+    assert all(line.startswith("pnnh compare " + budget) and " --epochs 8 " in line and "--amp" not in line
+               for line in result.stdout.splitlines())
+    evidence = (ROOT / "benchmarks" / "evidence.sh").read_text()
+    for value in ("--train-subset 20000", "--epochs 8 --batch-size 128 --opt sgd --lr 0.2 --sched onecycle "
+                  "--label-smoothing 0.1", "--weight-decay 5e-4 --workers 0 --channels-last"):
+        assert value in " ".join(evidence.split())  # the same budget as the CPUs' evidence.sh
+    assert sum("--entries resnet110:" in line for line in runs) == 12
+    assert sum("--entries resnet56:residual --output benchmarks/results/gpu_skipfree_evidence/control56" in line
+               for line in runs) == 2
+    bad = _gpu_dry_run(MATRIX="skipfree", RECIPE="he")
+    assert bad.returncode == 2 and "RECIPE=evidence" in bad.stderr
+
+
+def _gpu_with_fake_pnnh(tmp_path, body: str, deadline: int, **env: str) -> subprocess.CompletedProcess:
     """gpu.sh (MATRIX=kinds: 3 runs, 2 at a time) with a bash script of ``body`` standing in for pnnh."""
     fake = tmp_path / "pnnh"
     fake.write_text("#!/usr/bin/env bash\n" + body)
     fake.chmod(0o755)
-    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "train").mkdir(parents=True, exist_ok=True)
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PNNH": str(fake), "DEVICE": "cpu", "CONCURRENT": "2",
                                "DEADLINE": str(deadline), "DATA_DIR": str(tmp_path / "data"),
-                               "OUT": str(tmp_path / "out")})
+                               "OUT": str(tmp_path / "out"), **env})
 
 
 def test_gpu_script_starts_only_what_ends_before_its_deadline(tmp_path) -> None:
@@ -127,6 +149,16 @@ def test_gpu_script_starts_only_what_ends_before_its_deadline(tmp_path) -> None:
     assert "1 runs not started (kinds resnet56:pnnh seed 0;)" in result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     assert len(calls) == 2 and all(c.endswith("--no-report") for c in calls)
+
+
+def test_gpu_script_takes_its_pace_from_the_last_lease_before_a_run_finishes(tmp_path) -> None:
+    """PACE=100000 us per epoch x depth: a 30-epoch resnet56 run costs 168 s, more than DEADLINE=5, so none is
+    started (without PACE the first runs start blind, and a lease stopped one at epoch 24 of 25)."""
+    result = _gpu_with_fake_pnnh(tmp_path, 'echo "$*" >> "$(dirname "$0")/calls"\n', deadline=5, PACE="100000")
+    assert result.returncode == 3, result.stderr
+    assert "3 runs not started" in result.stderr and not (tmp_path / "calls").exists()
+    bad = _gpu_with_fake_pnnh(tmp_path, "", deadline=5, PACE="fast")
+    assert bad.returncode == 2 and "PACE is microseconds" in bad.stderr
 
 
 def test_gpu_script_stops_the_runs_in_flight_at_its_deadline(tmp_path) -> None:
