@@ -3,6 +3,7 @@ the rank statistics of benchmarks/skip_free.py."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -71,6 +72,33 @@ def test_spearman_and_its_bootstrap(skip_free) -> None:
     x = list(range(12))
     low, high = skip_free.bootstrap(x, [v + (3 if v % 4 == 0 else 0) for v in x], n=2000)
     assert 0.5 < low <= high <= 1.0
+
+
+def _finished(folder: Path, stage: str, label: tuple[str, str], seed: int, acc: float, device: str) -> None:
+    run = folder / stage / "runs" / f"{label[0]}-{label[1]}-seed{seed}"
+    run.mkdir(parents=True)
+    run.joinpath("config.json").write_text(json.dumps({"model": label[0], "kind": label[1], "model_kwargs": {},
+                                                       "seed": seed, "epochs": 1, "device": device}))
+    run.joinpath("metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": acc}) + "\n")
+
+
+def test_skip_free_takes_each_entrys_seeds_from_one_device(skip_free, tmp_path, monkeypatch) -> None:
+    """Never a mean over two devices: the device with more finished seeds (the CPUs' on a tie), named."""
+    cpu, gpu = tmp_path / "cpu", tmp_path / "gpu"
+    _finished(cpu, "f_skipfree56", ("resnet56", "dirac"), 0, 0.62, "cpu")
+    for seed, acc in enumerate((0.61, 0.63)):
+        _finished(gpu, "f_skipfree56", ("resnet56", "dirac"), seed, acc, "cuda")
+    for seed, acc in enumerate((0.76, 0.77)):
+        _finished(cpu, "a_depth56", ("resnet56", "residual"), seed, acc, "cpu")
+        _finished(gpu, "control56", ("resnet56", "residual"), seed, acc - 0.01, "cuda")
+    monkeypatch.setattr(skip_free, "EVIDENCE", cpu)
+    monkeypatch.setattr(skip_free, "GPU_EVIDENCE", gpu)
+    acc = skip_free.accuracies()
+    assert acc["resnet56:dirac"]["device"] == "gpu" and acc["resnet56:dirac"]["values"] == pytest.approx([61, 63])
+    # the control stage is not an entry of the GPU's table: the residual net's seeds are the CPUs'
+    assert acc["resnet56:residual"]["device"] == "cpu" and acc["resnet56:residual"]["mean"] == pytest.approx(76.5)
+    control = skip_free.device_control()
+    assert control["gpu"]["mean"] - control["cpu"]["mean"] == pytest.approx(-1.0)
 
 
 def _gpu_dry_run(**env: str) -> subprocess.CompletedProcess:
