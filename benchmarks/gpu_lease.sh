@@ -19,6 +19,9 @@
 # resnet56 about 140 s (SF_PACE=310000)
 # On the second lease (2026-12-04, skip-free results in benchmarks/results/gpu_skipfree_evidence/):
 #   OUT=$OUT LEASE=580 NC_CONCURRENT=6 SF_CONCURRENT=6 bash benchmarks/gpu_lease.sh
+# A lease's calls run at most 600 s each; a second call made at once (the machine stays warm for 30 s, so
+# /tmp/lease is still there) resumes the runs the first one stopped from their last.pt. The resnet110
+# runs of MATRIX=nc need about 500 s with 6 runs sharing the GPU and about 700 s with 12.
 # A rehearsal on the CPU (seconds of each run; nothing finishes):
 #   PYTHON=.venv/bin/python OUT=/tmp/lease-out DEVICE=cpu LEASE=100 NC_CONCURRENT=1 SF_CONCURRENT=1 \
 #     SMOKE_ARGS="--epochs 1 --warmup-epochs 0.5 --train-subset 512 --test-subset 256 --batch-size 64" bash benchmarks/gpu_lease.sh
@@ -29,7 +32,7 @@ LEASE=${LEASE:-560}
 DEVICE=${DEVICE:-cuda}
 NC_CONCURRENT=${NC_CONCURRENT:-6}
 SF_CONCURRENT=${SF_CONCURRENT:-0}
-SMOKE_ARGS=${SMOKE_ARGS:-"--epochs 1 --warmup-epochs 0.5 --train-subset 2048 --test-subset 1024"}
+SMOKE_ARGS=${SMOKE_ARGS:-"--epochs 1 --warmup-epochs 0.5 --train-subset 512 --test-subset 256"}  # 2048/1024 cost 86 s
 ROOT=$PWD
 { date -u; nvidia-smi 2>&1 | head -20; python3 -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   nproc; free -g; grep -m1 'model name' /proc/cpuinfo; } > "$OUT/machine.txt" 2>&1
