@@ -4,7 +4,7 @@
 # GPU, then side by side until LEASE seconds after the start the near-convergence matrix (benchmarks/gpu.sh
 # MATRIX=nc RECIPE=cifar-fast, NC_CONCURRENT runs at a time) and the skip-free kinds at the 20,000 x 8
 # budget (MATRIX=skipfree, SF_CONCURRENT at a time; 0 leaves it out), and pack the finished runs' small
-# files into $OUT/results.tgz.
+# files into $OUT/results_nc.tgz and $OUT/results_skipfree.tgz.
 # Before the lease, here: the data and the tat kind's packages (dks and what it imports; scipy is
 # unpacked there only if the machine lacks it) travel in an ignored folder named in the call's carry,
 #   mkdir -p .gpu/wheels && echo /.gpu/ >> .git/info/exclude
@@ -67,19 +67,14 @@ mkdir -p /tmp/lease/results /tmp/lease/results_sf
 cp -rn benchmarks/results/gpu_nc_cifar-fast/. /tmp/lease/results/
 [ -d benchmarks/results/gpu_skipfree_evidence ] && cp -rn benchmarks/results/gpu_skipfree_evidence/. /tmp/lease/results_sf/
 LEFT=$(( LEASE - ($(date +%s) - T0) ))
-if [ "$SF_CONCURRENT" -gt 0 ]; then
-  DEADLINE=$LEFT PACE=${SF_PACE:-0} MATRIX=skipfree CONCURRENT=$SF_CONCURRENT DEVICE=$DEVICE OUT=/tmp/lease/results_sf \
-    bash benchmarks/gpu.sh > "$OUT/gpu_sf.log" 2>&1 &
-  sf=$!
-fi
-if [ "$NC_CONCURRENT" -gt 0 ]; then
-  DEADLINE=$LEFT PACE=${NC_PACE:-0} MATRIX=nc RECIPE=cifar-fast CONCURRENT=$NC_CONCURRENT DEVICE=$DEVICE OUT=/tmp/lease/results \
-    bash benchmarks/gpu.sh > "$OUT/gpu.log" 2>&1
-  echo "lease: gpu.sh MATRIX=nc exit $? at $(( $(date +%s) - T0 )) s"; tail -3 "$OUT/gpu.log"
-fi
-if [ -n "${sf:-}" ]; then
-  wait "$sf"; echo "lease: gpu.sh MATRIX=skipfree exit $? at $(( $(date +%s) - T0 )) s"; tail -3 "$OUT/gpu_sf.log"
-fi
-(cd /tmp/lease/results && tar czf "$OUT/results.tgz" --exclude='*.pt' --exclude='*.safetensors' .)
-(cd /tmp/lease/results_sf && tar czf "$OUT/results_sf.tgz" --exclude='*.pt' --exclude='*.safetensors' .)
+matrix() {  # one gpu.sh matrix into its work folder until the lease's deadline, then its small files packed
+  local name=$1 recipe=$2 concurrent=$3 pace=$4 work=$5
+  DEADLINE=$LEFT PACE=$pace MATRIX=$name RECIPE=$recipe CONCURRENT=$concurrent DEVICE=$DEVICE OUT=$work \
+    bash benchmarks/gpu.sh > "$OUT/gpu_$name.log" 2>&1
+  echo "lease: gpu.sh MATRIX=$name exit $? at $(( $(date +%s) - T0 )) s"; tail -3 "$OUT/gpu_$name.log"
+  (cd "$work" && tar czf "$OUT/results_$name.tgz" --exclude='*.pt' --exclude='*.safetensors' .)
+}
+[ "$SF_CONCURRENT" -gt 0 ] && matrix skipfree evidence "$SF_CONCURRENT" "${SF_PACE:-0}" /tmp/lease/results_sf &
+[ "$NC_CONCURRENT" -gt 0 ] && matrix nc cifar-fast "$NC_CONCURRENT" "${NC_PACE:-0}" /tmp/lease/results &
+wait
 ls -la "$OUT"; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv 2>/dev/null | tail -1

@@ -89,8 +89,7 @@ def accuracies() -> dict[str, dict]:
     """{entry label: stats of its final test accuracies, with "device"} over every stage of the 20k x 8
     budget; each entry's seeds from one device (the one with more finished seeds, the CPUs' on a tie)."""
     cpu, _ = finished_runs(EVIDENCE)
-    gpu, _ = finished_runs(GPU_EVIDENCE, stages=("f_skipfree56", "g_skipfree110")) if GPU_EVIDENCE.exists() \
-        else ({}, None)
+    gpu, _ = finished_runs(GPU_EVIDENCE, stages=("f_skipfree56", "g_skipfree110"))  # none if no folder
     out = {}
     for label in sorted(set(cpu) | set(gpu)):
         device, values = max((("cpu", cpu.get(label) or []), ("gpu", gpu.get(label) or [])),
@@ -103,7 +102,7 @@ def accuracies() -> dict[str, dict]:
 def device_control() -> dict | None:
     """Residual resnet56 at the budget on both devices: {"cpu": stats, "gpu": stats}, if both ran."""
     cpu, _ = finished_runs(EVIDENCE, stages=("a_depth56",))
-    gpu, _ = finished_runs(GPU_EVIDENCE, stages=("control56",)) if GPU_EVIDENCE.exists() else ({}, None)
+    gpu, _ = finished_runs(GPU_EVIDENCE, stages=("control56",))
     label = "resnet56:residual"
     if not cpu.get(label) or not gpu.get(label):
         return None
