@@ -85,6 +85,7 @@ declare -A STAGES=(
   [nc_b110_plain]="resnet110:plain"
   [nc_c_thin56]="resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5"
   [nc_c_default56]="resnet56:pnnh"
+  [nc_d_skipfree56]="resnet56:dirac"
   [nc_quarter]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
   [nc_half]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
   [lr_half]="resnet56:residual resnet56:pnnh:code_ratio=0.5"
@@ -92,7 +93,8 @@ declare -A STAGES=(
 )
 ORDER=(a_depth56 b_thin56 c_width56 d_learned56 e_depth110 f_skipfree56 g_skipfree110)
 # The near-convergence matrix, in the order that decides the most first (run it by naming it: NC_ORDER).
-NC_ORDER=(nc_a56 nc_a56_plain nc_b110 nc_b110_plain nc_quarter nc_half lr_half lr_double nc_c_thin56 nc_c_default56)
+NC_ORDER=(nc_a56 nc_a56_plain nc_b110 nc_b110_plain nc_quarter nc_half nc_d_skipfree56 lr_half lr_double nc_c_thin56
+          nc_c_default56)
 # Seeds per stage where the matrix asks for fewer than 3 (SEEDS=N overrides them all).
 declare -A STAGE_SEEDS=([nc_a56_plain]=1 [nc_b110]=2 [nc_b110_plain]=1 [nc_c_thin56]=2 [nc_c_default56]=1
                         [nc_quarter]=2 [nc_half]=2 [lr_half]=2 [lr_double]=2)

@@ -76,6 +76,7 @@ case "$MATRIX" in
     add nc_half 2 resnet56:residual resnet56:pnnh:code_ratio=0.5
     add nc_b110 2 resnet110:residual resnet110:pnnh:code_ratio=0.5
     add nc_b110_plain 1 resnet110:plain
+    add nc_d_skipfree56 3 resnet56:dirac  # the best skip-free kind at 20k x 8 (docs/skip-free.md)
     [ "$RECIPE" = cifar-fast ] && add nc_double 2 resnet56:residual resnet56:pnnh:code_ratio=0.5
     add nc_c_thin56 2 resnet56:residual:learner_ratio=0.5 resnet56:pnnh:learner_ratio=0.5
     add nc_c_default56 1 resnet56:pnnh ;;

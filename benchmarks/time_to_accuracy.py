@@ -3,11 +3,11 @@
     python benchmarks/time_to_accuracy.py                 # train what is missing (one process at a time), then report
     python benchmarks/time_to_accuracy.py --only resnet56:residual airbench
     python benchmarks/time_to_accuracy.py --report        # table and plot from the committed runs only
-    python benchmarks/time_to_accuracy.py --epochs 20 --only resnet56:residual   # the recipe, longer
+    python benchmarks/time_to_accuracy.py --epochs 12 --only resnet56:residual   # the recipe, shorter
 
 Every pnnh entry is one `pnnh compare --recipe RECIPE --no-report` run on the full 50,000 training images
 of CIFAR-10 (JPEG q75 copy), tested on the full 10,000-image test set after every epoch, into
-benchmarks/results/time_to_accuracy/<recipe>/runs/ (<recipe>-<N>ep/ with --epochs N; small files
+benchmarks/results/time_to_accuracy/<recipe>-<N>ep/runs/ (N: the recipe's epochs or --epochs; small files
 committed; a run interrupted resumes, a finished one is skipped). airbench 0.1.8's train93 runs through
 benchmarks/airbench_cpu.py in the timm environment (.venv-timm, where torchvision imports). Minutes are
 training time only (evaluation left out, as airbench's own timer does); the machine's CPU model and bf16
@@ -28,6 +28,7 @@ from pnnh.config import TrainConfig
 from pnnh.device import bf16_units, cpu_flags, cpu_name
 from pnnh.entries import Entry
 from pnnh.io import save_figure, write_atomic, write_json
+from pnnh.recipes import RECIPES
 from pnnh.train import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,8 @@ AIRBENCH = OUT / "airbench93.json"
 
 
 def study(recipe: str, epochs: int | None) -> str:
-    """The folder name of a recipe's runs: the recipe, or the recipe at another number of epochs."""
-    return recipe if epochs is None else f"{recipe}-{epochs}ep"
+    """The folder name of a recipe's runs at ``epochs`` (None: the recipe's own), e.g. cifar-fast-25ep."""
+    return f"{recipe}-{epochs or RECIPES[recipe]['epochs']}ep"
 
 
 def train_entry(entry: str, recipe: str, seed: int, epochs: int | None) -> None:
@@ -89,21 +90,22 @@ def curves(recipe: str) -> dict[str, dict]:
 
 def seed_summary(runs: dict[str, dict]) -> list[str]:
     """Lines of a table over seeds: per entry with finished pnnh runs, the final test accuracy (without and
-    with flips) and the training minutes as mean +- standard deviation over its seeds."""
+    with flips) as mean +- standard deviation over its seeds, and each seed's training minutes (not
+    averaged: seeds may have run alone or side by side, which the per-run table's last column says)."""
     groups: dict[str, list[dict]] = {}
     for label, r in runs.items():
         if " seed " in label:
             groups.setdefault(label.rsplit(" seed ", 1)[0], []).append(r["points"][-1])
-    lines = ["", "| entry | seeds | final test acc | with flips | training minutes |", "|---|---|---|---|---|"]
+    lines = ["", "| entry | seeds | final test acc | with flips | training minutes, per seed |",
+             "|---|---|---|---|---|"]
     for entry, lasts in groups.items():
-        def cell(values: list[float], scale: float = 100, unit: str = "%") -> str:
-            mean = statistics.fmean(values) * scale
-            sd = statistics.stdev(values) * scale if len(values) > 1 else float("nan")
-            return f"{mean:.2f}{unit}" + (f" +- {sd:.2f}" if len(values) > 1 else "")
+        def cell(values: list[float]) -> str:
+            mean = statistics.fmean(values) * 100
+            return f"{mean:.2f}%" + (f" +- {statistics.stdev(values) * 100:.2f}" if len(values) > 1 else "")
         flips = [p["test_acc_flip"] for p in lasts if p["test_acc_flip"] is not None]
         lines.append(f"| {entry} | {len(lasts)} | {cell([p['test_acc'] for p in lasts])} | "
                      + (cell(flips) if len(flips) == len(lasts) else "–")
-                     + f" | {cell([p['minutes'] for p in lasts], 1, '')} |")
+                     + " | " + ", ".join(f"{p['minutes']:.1f}" for p in lasts) + " |")
     return lines if groups else []
 
 

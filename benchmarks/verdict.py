@@ -53,7 +53,8 @@ SEEDS_NEEDED = 3
 MARGIN = 1.0  # points of accuracy
 PER_RUN = ("model", "kind", "model_kwargs", "seed")
 NEAR = RESULTS / "gpu_nc_cifar-fast"  # benchmarks/gpu.sh MATRIX=nc RECIPE=cifar-fast
-NEAR_STAGES = ("nc_a56", "nc_a56_plain", "nc_b110", "nc_b110_plain", "nc_c_thin56", "nc_c_default56")  # full budget
+NEAR_STAGES = ("nc_a56", "nc_a56_plain", "nc_b110", "nc_b110_plain", "nc_c_thin56", "nc_c_default56",
+               "nc_d_skipfree56")  # the full budget
 NEAR_COMMAND = "MATRIX=nc RECIPE=cifar-fast bash benchmarks/gpu.sh (on the lease: benchmarks/gpu_lease.sh)"
 
 

@@ -34,6 +34,9 @@ def test_near_convergence_stages_carry_their_budget_seeds_and_folders() -> None:
     assert "--epochs 6" in quarter and "--seeds 0,1" in quarter and "evidence_nc_gap/nc_quarter" in quarter
     assert lr.index("--lr 0.2") < lr.index("--lr 0.4") and "--train-subset 20000" in lr  # the later flag wins
     assert "evidence_lr/lr_double" in lr
+    dirac = _dry_run("nc_d_skipfree56").stdout  # the best skip-free kind at 20k x 8 enters near convergence
+    assert "--recipe cifar-fast --epochs 25" in dirac and "--seeds 0,1,2 --entries resnet56:dirac " in dirac
+    assert "--output benchmarks/results/evidence_nc/nc_d_skipfree56" in dirac
 
 
 def test_skip_free_stages_and_refusals() -> None:
@@ -112,12 +115,14 @@ def test_gpu_script_carries_the_near_convergence_matrix_at_the_he_schedule() -> 
     lines = result.stdout.splitlines()
     runs = [line for line in lines if line.endswith("--no-report")]
     reports = [line for line in lines if not line.endswith("--no-report")]
-    assert len(runs) == 9 + 1 + 4 + 1 + 4 + 4 + 4 + 1  # the seeds per entry
+    assert len(runs) == 9 + 1 + 4 + 1 + 4 + 4 + 4 + 1 + 3  # the seeds per entry, and dirac's 3
     assert all("--lr 0.1 --sched step --weight-decay 1e-4" in line and "--device cuda" in line for line in lines)
-    assert sum("--epochs 164" in line for line in runs) == 20
+    assert sum("--epochs 164" in line for line in runs) == 23
     assert sum("--epochs 41 " in line for line in runs) == sum("--epochs 82 " in line for line in runs) == 4
     # one closing report per stage, over exactly the seeds its runs trained (so it trains nothing)
-    assert len(reports) == 8
+    assert len(reports) == 9
+    assert any("--seeds 0,1,2 --entries resnet56:dirac --output benchmarks/results/gpu_nc_he/nc_d_skipfree56" in r
+               for r in reports)
     assert any("--seeds 0,1,2 --entries resnet56:residual,resnet56:pnnh:code_ratio=0.5," in r for r in reports)
     assert any("--seeds 0 --entries resnet56:plain --output benchmarks/results/gpu_nc_he/nc_a56_plain" in r
                for r in reports)
@@ -130,7 +135,7 @@ def test_gpu_script_runs_the_cpu_recipe_with_a_doubled_budget() -> None:
     assert result.returncode == 0, result.stderr
     runs = [line for line in result.stdout.splitlines() if line.endswith("--no-report")]
     assert all(line.startswith("pnnh compare --recipe cifar-fast ") for line in runs)
-    assert sum("--epochs 25 " in line for line in runs) == 20 and sum("--epochs 50 " in line for line in runs) == 4
+    assert sum("--epochs 25 " in line for line in runs) == 23 and sum("--epochs 50 " in line for line in runs) == 4
     assert runs[0].endswith("--entries resnet56:residual --output benchmarks/results/gpu_nc_cifar-fast/nc_a56 "
                             "--no-report")
 

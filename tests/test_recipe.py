@@ -12,7 +12,8 @@ import pnnh
 from pnnh.config import TrainConfig, config_differences
 from pnnh.data import load_dataset, make_loader
 from pnnh.device import bf16_units
-from pnnh.evaluate import evaluate
+from pnnh.errors import PnnhError
+from pnnh.evaluate import evaluate, evaluate_checkpoint, format_eval
 from pnnh.optim import make_ema, update_ema
 from pnnh.recipes import RECIPES, recipe_config, recipe_options
 from pnnh.train import TrainingInterrupted, train
@@ -25,7 +26,7 @@ TINY = dict(model="resnet20", data="fashion-mnist", train_subset=256, test_subse
 def test_cifar_fast_resolves_to_its_documented_settings() -> None:
     options = recipe_options("cifar-fast", device="cpu")
     has_bf16 = bool(bf16_units())
-    assert options == {"epochs": 12, "batch_size": 512, "opt": "sgd", "lr": 0.8, "momentum": 0.9,
+    assert options == {"epochs": 25, "batch_size": 512, "opt": "sgd", "lr": 0.8, "momentum": 0.9,
                        "weight_decay": 5e-4, "sched": "onecycle", "warmup_epochs": 2.0, "label_smoothing": 0.1,
                        "crop_padding": 4, "flip": True, "ema": 0.98, "eval_flip": True, "channels_last": True,
                        "amp": "bf16" if has_bf16 else "none", "recipe": "cifar-fast"}
@@ -92,6 +93,29 @@ def test_an_ema_run_resumes_exactly_and_delivers_the_average(tmp_path: Path) -> 
     assert all(torch.equal(delivered[k], a["ema"][k]) for k in delivered)
     best = pnnh.load_model(tmp_path / "straight" / "best.safetensors").state_dict()
     assert all(torch.equal(best[k], a["ema"][k].contiguous()) for k in best)
+
+
+def test_last_pt_of_an_ema_run_rebuilds_the_average_unless_raw_is_asked(tmp_path: Path) -> None:
+    """pnnh eval on last.pt reports what the run reported (the average), and the trained weights on request."""
+    cfg = TrainConfig(**TINY, epochs=1, ema=0.9, output=str(tmp_path / "run"))
+    summary = train(cfg)
+    last = tmp_path / "run" / "last.pt"
+    saved = torch.load(last, weights_only=True)
+    for weights, key in (("auto", "ema"), ("ema", "ema"), ("raw", "model")):
+        state = pnnh.load_model(last, weights=weights).state_dict()
+        assert all(torch.equal(state[k], saved[key][k]) for k in state), weights
+    average = evaluate_checkpoint(last, cfg)
+    assert average["weights"] == "ema" and average["top1"] == summary["history"][-1]["test_acc"]
+    trained = evaluate_checkpoint(last, cfg, weights="raw")
+    assert trained["weights"] == "raw" and trained["loss"] != average["loss"]
+    assert "trained weights" in format_eval(trained) and "average" in format_eval(average)
+    best = evaluate_checkpoint(tmp_path / "run" / "best.safetensors", cfg)
+    assert best["weights"] == "ema" and best["top1"] == average["top1"]
+    with pytest.raises(PnnhError, match="holds one set of weights"):
+        pnnh.load_model(tmp_path / "run" / "best.safetensors", weights="raw")
+    result = pnnh_main("eval", "--checkpoint", tmp_path / "run" / "best.safetensors", "--weights", "ema",
+                       "--data", "fashion-mnist", "--test-subset", 64)
+    assert_one_line_error(result, "applies to a run's last.pt")
 
 
 def test_flip_tta_is_the_mean_of_the_logits_of_an_image_and_its_mirror() -> None:

@@ -89,6 +89,34 @@ def _load_safetensors(path: Path) -> dict:
     return {**extra, "model": state}
 
 
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def checkpoint_state(checkpoint: dict, path: str | Path | None, weights: str = "auto") -> tuple[dict, str]:
+    """The state dict to build a model with from ``checkpoint``, and which weights it is.
+
+    A run's ``last.pt`` holds two sets when it trained with ``--ema``: the trained weights (``raw``) and
+    their average (``ema``), the one the run tested and saved as ``best.safetensors``. ``auto`` takes
+    the average where there is one, so every figure of a run and every model rebuilt from it agree.
+    Other files hold one set: ``auto`` is the only choice there (named ``ema`` where the file records a
+    run that kept the average, ``saved`` otherwise).
+    """
+    if weights not in WEIGHTS:
+        raise PnnhError(f"unknown weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
+    if "ema" not in checkpoint:  # best.safetensors, an export, a bare state dict: one set of weights
+        if weights != "auto":
+            raise PnnhError(f"{path} holds one set of weights, not a run's trained weights and their average: "
+                            f"--weights {weights} applies to a run's last.pt; drop it here")
+        saved_average = bool((checkpoint.get("config") or {}).get("ema"))  # best.safetensors of an --ema run
+        return checkpoint["model"], "ema" if saved_average else "saved"
+    if weights == "raw" or (weights == "auto" and checkpoint["ema"] is None):
+        return checkpoint["model"], "raw"
+    if checkpoint["ema"] is None:
+        raise PnnhError(f"{path} holds no average of the weights (its run trained without --ema): "
+                        f"use --weights raw or auto")
+    return checkpoint["ema"], "ema"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """A checkpoint written by ``pnnh train`` (``last.pt``), weights (``best.safetensors``, exports), or a
     bare state_dict (returned as ``{"model": state_dict}``).

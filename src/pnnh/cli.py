@@ -16,6 +16,7 @@ from . import distributed
 from .analysis.probe import format_probe, probe_entries, write_probe
 from .analysis.theory import format_theory, theory, write_theory
 from .bench import bench, format_bench
+from .checkpoint import WEIGHTS
 from .compare import compare
 from .config import HELP, TrainConfig
 from .entries import Entry, entries_from_options, parse_entries, parse_kwargs, parse_seeds
@@ -156,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     cfg = TrainConfig(**{k: getattr(args, k) for k in EVAL_OPTIONS})
-    result = evaluate_checkpoint(args.checkpoint, cfg, args.model, args.kind, parse_kwargs(args.model_kwargs or []))
+    result = evaluate_checkpoint(args.checkpoint, cfg, args.model, args.kind, parse_kwargs(args.model_kwargs or []),
+                                 args.weights)
     print(dumps(result) if args.json else format_eval(result))
 
 
@@ -259,6 +261,9 @@ def build_parser() -> Parser:
     option(p, "--model", help="checked against the checkpoint; needed only for a bare state dict")
     option(p, "--kind", help="checked against the checkpoint; needed only for a bare state dict")
     option(p, "--model-kwargs", nargs="*", metavar="KEY=VALUE", help="options of a bare state dict's model")
+    option(p, "--weights", choices=list(WEIGHTS), default="auto",
+           help="of a last.pt trained with --ema: the average (auto, ema: what the run tested) or the trained "
+                "weights (raw)")
     train_options(p, EVAL_OPTIONS, batch_size=256)
 
     p = command("export", cmd_export, "a trained model's deployable forms (the plain chain of a pnnh/plain model): "

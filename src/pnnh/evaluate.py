@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_state, load_checkpoint
 from .config import TrainConfig
 from .data import load_splits, make_loaders
 from .data.loader import channel_stats
@@ -55,12 +55,14 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
 
 
 def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | None = None, kind: str | None = None,
-                        model_kwargs: dict | None = None) -> dict:
+                        model_kwargs: dict | None = None, weights: str = "auto") -> dict:
     """``pnnh eval``: the model of ``path`` on the test split of ``cfg``'s data (``cfg`` says the data, batch
     size, device and precision). A pnnh checkpoint records its model (``model_name``/``kind``, if given,
     are checked against it) and its normalisation; a bare state dict needs ``model_name`` (and ``kind``,
-    ``model_kwargs``) and is normalised with the training split's statistics."""
+    ``model_kwargs``) and is normalised with the training split's statistics. ``weights``: which set of a
+    ``last.pt`` (``checkpoint_state``); the result names it."""
     checkpoint = load_checkpoint(path)
+    state, which = checkpoint_state(checkpoint, path, weights)  # refused before any data is read
     model_config = checkpoint.get("model_config")
     if model_config:
         held = (model_config["name"], model_config["kind"])
@@ -82,15 +84,16 @@ def evaluate_checkpoint(path: str | Path, cfg: TrainConfig, model_name: str | No
     test_set = splits["test"]
     if model_config:
         check_fits(model_config, test_set, f"{path}", cfg.data)
-        model = model_from_checkpoint(checkpoint, path)
+        model = model_from_checkpoint(checkpoint, path, weights=weights)
     else:
         model = create_model(cfg.model, kind=cfg.kind, num_classes=len(test_set.classes),
                              in_chans=test_set.input_size[0], **(model_kwargs or {}))
-        load_model_state(model, checkpoint["model"], path)
+        load_model_state(model, state, path)
     loader = make_loaders(cfg, {"test": test_set}, device, DistInfo(), stats)["test"]
     model.to(device)
     result = evaluate(model, loader, device, cfg.amp, flip=cfg.eval_flip)
-    return {**result, "model": cfg.model, "kind": cfg.kind, "checkpoint": str(path), "data": cfg.data}
+    return {**result, "model": cfg.model, "kind": cfg.kind, "checkpoint": str(path), "weights": which,
+            "data": cfg.data}
 
 
 def check_fits(model_config: dict, data, source: str, data_name: str) -> None:
@@ -113,6 +116,8 @@ def check_fits(model_config: dict, data, source: str, data_name: str) -> None:
 
 
 def format_eval(r: dict) -> str:
-    return (f"{r['model']} ({r['kind']}) on {r['data']}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "
+    weights = {"ema": ", the average of its weights (EMA)", "raw": ", its trained weights (not the average)"}
+    model = f"{r['model']} ({r['kind']}{weights.get(r.get('weights', ''), '')})"
+    return (f"{model} on {r['data']}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "
             + (f"top-1 with flips {100 * r['top1_flip']:.2f}%  " if r.get("top1_flip") is not None else "")
             + f"loss {r['loss']:.4f}  {r['img_per_s']:,.0f} img/s  ({r['images']} images)")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from . import models
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_state, load_checkpoint
 from .convert import chain_from_spec
 from .errors import PnnhError
 
@@ -62,19 +62,23 @@ def create_model(name: str, kind: str = "residual", checkpoint_path: str | Path 
     """
     model = models.create_model(name, kind=kind, **kwargs)
     if checkpoint_path is not None:
-        load_model_state(model, load_checkpoint(checkpoint_path)["model"], checkpoint_path)
+        load_model_state(model, checkpoint_state(load_checkpoint(checkpoint_path), checkpoint_path)[0],
+                         checkpoint_path)
     return model
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | Path, device: str | torch.device = "cpu", weights: str = "auto") -> nn.Module:
     """The trained model of a checkpoint (``last.pt``, ``best.safetensors``) or export, in eval mode.
 
     Its ``model_config`` attribute holds the build record: input size, mean and std, class names.
+    ``weights``: of a ``last.pt`` trained with ``--ema``, the average (``auto``, ``ema``: what the run
+    tested) or the trained weights themselves (``raw``).
     """
-    return model_from_checkpoint(load_checkpoint(path), path, device)
+    return model_from_checkpoint(load_checkpoint(path), path, device, weights)
 
 
-def model_from_checkpoint(checkpoint: dict, path: str | Path | None, device: str | torch.device = "cpu") -> nn.Module:
+def model_from_checkpoint(checkpoint: dict, path: str | Path | None, device: str | torch.device = "cpu",
+                          weights: str = "auto") -> nn.Module:
     """``load_model`` for a checkpoint already read with ``load_checkpoint``."""
     model_config = checkpoint.get("model_config")
     if model_config is None:
@@ -83,7 +87,8 @@ def model_from_checkpoint(checkpoint: dict, path: str | Path | None, device: str
     with torch.device("meta"):
         plain_layers = checkpoint.get("plain_layers")  # an export's plain chain
         model = chain_from_spec(plain_layers) if plain_layers else build_model(model_config)
+    state = checkpoint_state(checkpoint, path, weights)[0]
     model = model.to_empty(device=device)
-    load_model_state(model, checkpoint["model"], path)
+    load_model_state(model, state, path)
     model.model_config = model_config
     return model.eval()
