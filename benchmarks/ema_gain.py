@@ -26,24 +26,23 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "time_to_accuracy"
 
 
-def finished_ema_runs() -> list[Path]:
-    """Run folders whose last epoch is recorded, that kept an average of the weights, and whose last.pt is here."""
+def finished_ema_runs() -> list[tuple[Path, TrainConfig, dict]]:
+    """(folder, config, last epoch's row) of every run whose last epoch is recorded, that kept an average of
+    the weights, and whose last.pt is here."""
     runs = []
     for run in sorted(OUT.glob("*/runs/*")):
         try:
             config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-            done = len(read_metrics(run)) == config.epochs
+            rows = read_metrics(run)
         except (OSError, ValueError):
             continue
-        if done and config.ema and (run / "last.pt").exists():
-            runs.append(run)
+        if len(rows) == config.epochs and config.ema and (run / "last.pt").exists():
+            runs.append((run, config, rows[-1]))
     return runs
 
 
-def measure(run: Path) -> dict:
-    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+def measure(run: Path, config: TrainConfig, recorded: dict) -> dict:
     cfg = TrainConfig(**{k: getattr(config, k) for k in EVAL_OPTIONS})  # the run's own data, precision, flips
-    recorded = read_metrics(run)[-1]
     row = {"run": str(run.relative_to(OUT)), "epochs": config.epochs, "seed": config.seed, "lr": config.lr,
            "recorded_test_acc": recorded["test_acc"], "recorded_test_acc_flip": recorded.get("test_acc_flip")}
     for weights in ("ema", "raw"):
@@ -56,7 +55,7 @@ def measure(run: Path) -> dict:
 
 
 def main() -> None:
-    rows = [measure(run) for run in finished_ema_runs()]
+    rows = [measure(*found) for found in finished_ema_runs()]
     if not rows:
         raise SystemExit("no finished run with an average of the weights and its last.pt under " + str(OUT))
     write_json(OUT / "ema_gain.json", {"runs": rows, "machine": {"cpu": cpu_name(), "bf16_units": bf16_units()},
