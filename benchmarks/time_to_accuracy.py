@@ -8,9 +8,10 @@
 Every pnnh entry is one `pnnh compare --recipe RECIPE --no-report` run on the full 50,000 training images
 of CIFAR-10 (JPEG q75 copy), tested on the full 10,000-image test set after every epoch, into
 benchmarks/results/time_to_accuracy/<recipe>-<N>ep/runs/ (N: the recipe's epochs or --epochs; small files
-committed; a run interrupted resumes, a finished one is skipped). airbench 0.1.8's train93 runs through
-benchmarks/airbench_cpu.py in the timm environment (.venv-timm, where torchvision imports). Minutes are
-training time only (evaluation left out, as airbench's own timer does); the machine's CPU model and bf16
+committed; a run interrupted resumes, a finished one is skipped); the near-convergence matrix's runs of the
+same recipe and length that ran on a CPU (benchmarks/results/gpu_nc_cifar-fast/nc_*/) join the report.
+airbench 0.1.8's train93 runs through benchmarks/airbench_cpu.py in the timm environment (.venv-timm, where
+torchvision imports). Minutes are training time only (evaluation left out, as airbench's own timer does); the machine's CPU model and bf16
 units are recorded with the results.
 """
 from __future__ import annotations
@@ -37,6 +38,9 @@ DATA_DIR = "../shared/data/cifar10-jpeg"  # relative to the repository, as bench
 ENTRIES = ["resnet56:residual", "resnet20:residual", "resnet110:residual", "resnet56:plain",
            "resnet56:pnnh:code_ratio=0.5"]
 AIRBENCH = OUT / "airbench93.json"
+# The near-convergence matrix (benchmarks/evidence.sh's nc stages, benchmarks/gpu.sh MATRIX=nc) trains this
+# recipe at its own length too: its runs on a CPU are entries of the same curve and join the report.
+NEAR = OUT.parent / "gpu_nc_cifar-fast"
 
 
 def study(recipe: str, epochs: int | None) -> str:
@@ -60,10 +64,18 @@ def train_airbench() -> None:
                    check=True, cwd=ROOT)
 
 
+def on_a_cpu(rows: list[dict]) -> bool:
+    """Whether every epoch of a run ran on a CPU (its metrics name the CPU and its torch threads)."""
+    return all("torch thread" in row.get("hardware", "") for row in rows)
+
+
 def curves(recipe: str) -> dict[str, dict]:
-    """Per finished pnnh run: label, config, and (minutes of training, test acc, test acc with flips) per epoch."""
+    """Per finished pnnh run of study ``recipe`` (e.g. cifar-fast-25ep): label, config, and (minutes of
+    training, test acc, test acc with flips) per epoch. The near-convergence matrix's runs of the same
+    recipe and length that ran on a CPU join them, labelled as such."""
     out = {}
-    for run in sorted((OUT / recipe / "runs").glob("*")):
+    own = sorted((OUT / recipe / "runs").glob("*"))
+    for run in own + sorted(NEAR.glob("nc_*/runs/*")):
         try:
             config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
             rows = read_metrics(run)
@@ -71,12 +83,16 @@ def curves(recipe: str) -> dict[str, dict]:
             continue
         if len(rows) != config.epochs:
             continue  # still training
+        if run not in own and (not config.recipe or study(config.recipe, config.epochs) != recipe
+                               or not on_a_cpu(rows)):
+            continue  # another recipe or length, or a GPU's run
         minutes, points = 0.0, []
         for row in rows:
             minutes += row["seconds"] / 60
             points.append({"epoch": row["epoch"], "minutes": minutes, "test_acc": row["test_acc"],
                            "test_acc_flip": row.get("test_acc_flip"), "img_per_s": row["img_per_s"]})
-        label = Entry(config.model, config.kind, config.model_kwargs).label + f" seed {config.seed}"
+        label = Entry(config.model, config.kind, config.model_kwargs).label + f" seed {config.seed}" \
+            + ("" if run in own else f" ({run.parents[1].name}, near-convergence matrix)")
         out[label] = {"points": points, "hardware": sorted({r.get("hardware") for r in rows} - {None}),
                       "config": json.loads((run / "config.json").read_text())}
     if AIRBENCH.exists():

@@ -64,7 +64,7 @@ def finished_runs(folder: Path, stages: tuple[str, ...] | None = None
     that diverged}, the shared budget) of every run under folder (under its ``stages`` folders only, if
     given); refuses runs whose budgets differ."""
     accs: dict[str, dict[int, float | None]] = {}
-    budget, budget_from = None, None
+    budget, budget_from, hardware = None, None, {}
     for run in sorted(folder.glob("*/runs/*")):
         if stages is not None and run.parent.parent.name not in stages:
             continue
@@ -82,7 +82,14 @@ def finished_runs(folder: Path, stages: tuple[str, ...] | None = None
             sys.exit(f"verdict: {run} and {budget_from} differ in {', '.join(keys)}: one verdict cannot mix budgets")
         accs.setdefault(Entry(cfg.model, cfg.kind, cfg.model_kwargs).label, {})[cfg.seed] = \
             None if diverged else 100 * rows[-1]["test_acc"]
+        try:  # a diverged run's epochs before it diverged say where it ran, too
+            where = (rows or read_metrics(run))[-1].get("hardware", cfg.device)
+        except (OSError, ValueError, IndexError):
+            where = cfg.device
+        hardware[where] = hardware.get(where, 0) + 1
     shared = budget and {k: v for k, v in asdict(budget).items() if k not in (*PER_RUN, *RESUME_SAFE)}
+    if shared:  # where the runs ran (RESUME_SAFE, so not part of the budget): {machine: runs}
+        shared["hardware"] = hardware
     return {k: [v[s] for s in sorted(v)] for k, v in accs.items()}, shared
 
 
@@ -460,6 +467,12 @@ def describe_budget(b: dict) -> str:
     return ", ".join(parts)
 
 
+def describe_hardware(hardware: dict[str, int]) -> str:
+    """Where a matrix's runs ran, e.g. "NVIDIA H200 (8 runs) and AMD EPYC, 2 torch threads (1 run)"."""
+    return " and ".join(f"{where} ({n} run{'s' * (n != 1)})" for where, n in
+                        sorted(hardware.items(), key=lambda kv: -kv[1])) or "no machine recorded"
+
+
 def runs_table(acc: dict[str, dict], budget: dict | None, command: str) -> list[str]:
     """A matrix's finished runs (Markdown lines): its budget, command and one row per entry."""
     if not acc:
@@ -485,8 +498,7 @@ def budgets_table(rows: list[dict], near_rows: list[dict], budget: dict | None, 
     """The accuracy claims side by side, one column per budget (Markdown lines)."""
     if near is None:
         return ["No near-convergence run has finished yet."]
-    name = (f"near convergence: {describe_budget(near)}, on "
-            f"{'a GPU' if near['device'] == 'cuda' else near['device']}")
+    name = f"near convergence: {describe_budget(near)}, on {describe_hardware(near['hardware'])}"
     lines = [f"| claim | {describe_budget(budget) if budget else 'first budget'} | {name} |", "|---|---|---|"]
     for a, b in zip(rows, near_rows):
         lines.append(f"| {a['claim']} | **{a['verdict']}**: {a['measured']} | **{b['verdict']}**: {b['measured']} |")
@@ -498,10 +510,7 @@ def main() -> None:
     acc = {k: stats(v) for k, v in raw.items()}
     raw_vit, budget_vit = finished_runs(RESULTS / "evidence_vit")
     acc_vit = {k: stats(v) for k, v in raw_vit.items()}
-    raw_near, budget_near = finished_runs(NEAR, NEAR_STAGES)
-    if budget_near is not None:  # where and how it ran is RESUME_SAFE; the table says which
-        first = next(NEAR.glob(f"{NEAR_STAGES[0]}/runs/*/config.json"), None)
-        budget_near["device"] = json.loads(first.read_text())["device"] if first else "unknown"
+    raw_near, budget_near = finished_runs(NEAR, NEAR_STAGES)  # its "hardware": where each run ran
     acc_near = {k: stats(v) for k, v in raw_near.items()}
     acc_rows, near_rows = accuracy_claims(acc), accuracy_claims(acc_near)
     rows = [probe_claim(), *theory_claims(), *acc_rows, throughput_claim(), transformer_claim(acc_vit)]

@@ -104,6 +104,39 @@ def test_skip_free_takes_each_entrys_seeds_from_one_device(skip_free, tmp_path, 
     assert control["gpu"]["mean"] - control["cpu"]["mean"] == pytest.approx(-1.0)
 
 
+def test_time_to_accuracy_takes_the_near_convergence_matrixs_cpu_runs_of_its_recipe(tmp_path, monkeypatch) -> None:
+    """The curve of a recipe at its length reads its own runs and the near-convergence matrix's runs of the
+    same recipe and length that ran on a CPU; not a GPU's, not another length's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
+        tta = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tta)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cpu, gpu = "AMD EPYC, 2 torch threads", "NVIDIA H200"
+
+    def run(folder: Path, kind: str, seed: int, epochs: int, where: str, acc: float) -> None:
+        folder.mkdir(parents=True)
+        folder.joinpath("config.json").write_text(json.dumps({"model": "resnet56", "kind": kind, "model_kwargs": {},
+                                                              "seed": seed, "epochs": epochs, "recipe": "r"}))
+        folder.joinpath("metrics.jsonl").write_text("".join(json.dumps(
+            {"epoch": e + 1, "test_acc": acc, "test_acc_flip": acc + 0.01, "img_per_s": 100.0, "seconds": 60.0,
+             "hardware": where}) + "\n" for e in range(epochs)))
+    run(tmp_path / "tta" / "r-2ep" / "runs" / "a", "residual", 0, 2, cpu, 0.88)
+    run(tmp_path / "nc" / "nc_a56" / "runs" / "b", "plain", 2, 2, cpu, 0.80)
+    run(tmp_path / "nc" / "nc_a56" / "runs" / "c", "plain", 0, 2, gpu, 0.70)  # a GPU's: not this machine's curve
+    run(tmp_path / "nc" / "nc_half" / "runs" / "d", "plain", 1, 1, cpu, 0.60)  # another length
+    monkeypatch.setattr(tta, "OUT", tmp_path / "tta")
+    monkeypatch.setattr(tta, "NEAR", tmp_path / "nc")
+    monkeypatch.setattr(tta, "AIRBENCH", tmp_path / "tta" / "airbench93.json")  # none here
+    runs = tta.curves("r-2ep")
+    assert sorted(runs) == ["resnet56:plain seed 2 (nc_a56, near-convergence matrix)", "resnet56:residual seed 0"]
+    plain = runs["resnet56:plain seed 2 (nc_a56, near-convergence matrix)"]
+    assert [p["minutes"] for p in plain["points"]] == [1.0, 2.0] and plain["hardware"] == [cpu]
+    assert "| resnet56:plain | 1 | 80.00% | 81.00% | 2.0 |" in tta.seed_summary(runs)
+
+
 def _gpu_dry_run(**env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DRY_RUN": "1", **env})

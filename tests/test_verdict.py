@@ -82,6 +82,7 @@ def test_finished_runs_groups_seeds_and_refuses_mixed_budgets(tmp_path: Path) ->
     assert acc == {"resnet56:residual": [pytest.approx(60.0), pytest.approx(60.0)],
                    "resnet56:pnnh:code_ratio=0.25": [pytest.approx(60.0)]}
     assert budget["epochs"] == 2 and budget["lr"] == 0.1 and budget["eval_every"] == 1
+    assert budget["hardware"] == {"cpu": 2, "cuda": 1}  # where each finished run ran, from its config here
     # a matrix's table names its budget and rows; the README keeps what lies outside its markers
     table = verdict.runs_table({k: verdict.stats(v) for k, v in acc.items()}, budget, "bash x.sh")
     assert "sgd lr 0.1" in table[0] and "2 epochs" in table[0] and "float32" in table[0] and "`bash x.sh`" in table[0]
@@ -155,17 +156,21 @@ def test_a_column_per_budget_reads_only_its_stages(tmp_path: Path) -> None:
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"model": "resnet56", "kind": "residual", "model_kwargs": {},
                                                      "seed": 0, "epochs": epochs, "device": "cuda"}))
-        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "test_acc": 0.8}) + "\n"
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "test_acc": 0.8,
+                                                               "hardware": "NVIDIA H200"}) + "\n"
                                                    for e in range(epochs)))
     acc, budget = verdict.finished_runs(tmp_path, ("nc_a56",))
     assert acc == {"resnet56:residual": [pytest.approx(80.0)]} and budget["epochs"] == 2
+    assert budget["hardware"] == {"NVIDIA H200": 1}  # the metrics' machine, where they name it
     with pytest.raises(SystemExit, match="differ in epochs"):
         verdict.finished_runs(tmp_path)
     s = verdict.stats
     first = verdict.accuracy_claims({"resnet56:residual": s([76.4, 76.2, 75.9])})
     near = verdict.accuracy_claims({"resnet56:residual": s([87.8, 87.7, 88.0]),
                                     "resnet56:pnnh:code_ratio=0.5": s([85.8, 86.6])})
-    table = verdict.budgets_table(first, near, budget, {**budget, "device": "cuda"})
-    assert table[0].startswith("| claim | all training images, 2 epochs") and table[0].endswith("on a GPU |")
+    mixed = {**budget, "hardware": {"AMD EPYC, 2 torch threads": 1, "NVIDIA H200": 8}}
+    table = verdict.budgets_table(first, near, budget, mixed)
+    assert table[0].startswith("| claim | all training images, 2 epochs")
+    assert table[0].endswith("on NVIDIA H200 (8 runs) and AMD EPYC, 2 torch threads (1 run) |")
     assert len(table) == 2 + len(first) and "code_ratio=0.5 at 56: -1.63 (2 of 3 seeds)" in table[3]
     assert verdict.budgets_table(first, near, budget, None) == ["No near-convergence run has finished yet."]
