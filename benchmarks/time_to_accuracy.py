@@ -11,8 +11,8 @@ benchmarks/results/time_to_accuracy/<recipe>-<N>ep/runs/ (N: the recipe's epochs
 committed; a run interrupted resumes, a finished one is skipped); the near-convergence matrix's runs of the
 same recipe and length that ran on a CPU (benchmarks/results/gpu_nc_cifar-fast/nc_*/) join the report.
 airbench 0.1.8's train93 runs through benchmarks/airbench_cpu.py in the timm environment (.venv-timm, where
-torchvision imports). Minutes are training time only (evaluation left out, as airbench's own timer does); the machine's CPU model and bf16
-units are recorded with the results.
+torchvision imports). Minutes are training time only (evaluation left out, as airbench's own timer does);
+the machine's CPU model and bf16 units are recorded with the results.
 """
 from __future__ import annotations
 
