@@ -12,6 +12,10 @@ of the difference) at each budget whose runs are committed:
   (benchmarks/results/gpu_nc_cifar-fast/nc_quarter, nc_half, nc_a56, nc_double; on a lent GPU).
 The x axis is training images seen. Only measured points are drawn: no curve is fitted or extended.
 
+The device: the matrix ran on a lent GPU, and a seed missing there may run on a CPU at the same settings;
+the control is the residual resnet56 at the full budget on each (nc_a56 on the GPU, the time-to-accuracy
+runs of benchmarks/results/time_to_accuracy/cifar-fast-25ep/ on the CPU): their difference, +- 2 SE.
+
 The learning rate: at the 20k x 8 budget, residual and pnnh `code_ratio=0.5` at the evidence recipe's
 lr 0.2 (stages a and c of benchmarks/results/evidence/) and at half and double it
 (benchmarks/results/evidence_lr/lr_half, lr_double: `JOBS=2 bash benchmarks/evidence.sh lr_half
@@ -64,6 +68,19 @@ def gaps() -> list[dict]:
     return rows
 
 
+CPU_RUNS = RESULTS / "time_to_accuracy"  # the recipe's own runs on the CPU (benchmarks/time_to_accuracy.py)
+
+
+def device_control() -> dict | None:
+    """The residual resnet56 at the full budget on the CPU minus on the GPU, with its standard error."""
+    cpu, budget_cpu = finished_runs(CPU_RUNS, ("cifar-fast-25ep",))
+    gpu, budget_gpu = finished_runs(NEAR, ("nc_a56",))
+    if REFERENCE not in cpu or REFERENCE not in gpu:
+        return None
+    a, b = stats(cpu[REFERENCE]), stats(gpu[REFERENCE])
+    return {"cpu": a | {"hardware": budget_cpu["hardware"]}, "gpu": b, **difference(a, b)}
+
+
 def plot(rows: list[dict], path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -113,7 +130,8 @@ def main() -> None:
     sweep = lr_sweep()
     write_json(RESULTS / "evidence_lr" / "lr.json", sweep)
     rows = gaps()
-    write_json(NEAR / "gap.json", {"reference": REFERENCE, "rows": rows})
+    control = device_control()
+    write_json(NEAR / "gap.json", {"reference": REFERENCE, "rows": rows, "device_control": control})
     plot(rows, NEAR / "gap.png")
     print("| budget | images seen | variant | residual | pnnh | gap ± 2 SE (points) |")
     print("|---|---|---|---|---|---|")
@@ -122,6 +140,10 @@ def main() -> None:
         print(f"| {r['budget']} | {r['images_seen']:,} | {r['variant'].split(':', 2)[2]} | "
               f"{r['reference']['mean']:.2f} ({r['reference']['n']}) | {r['pnnh']['mean']:.2f} ({r['pnnh']['n']}) | "
               f"{r['gap']:+.2f}{spread} |")
+    if control:
+        print(f"\ndevice control, residual resnet56 at the full budget: CPU {control['cpu']['mean']:.2f} "
+              f"({control['cpu']['n']} seeds) minus GPU {control['gpu']['mean']:.2f} ({control['gpu']['n']} seeds): "
+              f"{control['gap']:+.2f}" + (f" ± {2 * control['se']:.2f}" if control["se"] is not None else ""))
     print("\n| lr (20k x 8) | " + " | ".join(sweep["accuracy"]) + " |")
     print("|---|---|---|")
     for lr, _, _ in LR_SWEEP:

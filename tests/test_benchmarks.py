@@ -137,6 +137,26 @@ def test_time_to_accuracy_takes_the_near_convergence_matrixs_cpu_runs_of_its_rec
     assert "| resnet56:plain | 1 | 80.00% | 81.00% | 2.0 |" in tta.seed_summary(runs)
 
 
+def test_nc_gap_device_control_compares_the_residual_net_across_devices(tmp_path, monkeypatch) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("nc_gap", ROOT / "benchmarks" / "nc_gap.py")
+        nc_gap = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(nc_gap)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for seed, (on_cpu, on_gpu) in enumerate(((0.88, 0.87), (0.89, 0.88), (0.90, 0.89))):
+        _finished(tmp_path / "cpu", "cifar-fast-25ep", ("resnet56", "residual"), seed, on_cpu, "auto")
+        _finished(tmp_path / "gpu", "nc_a56", ("resnet56", "residual"), seed, on_gpu, "cuda")
+    monkeypatch.setattr(nc_gap, "CPU_RUNS", tmp_path / "cpu")
+    monkeypatch.setattr(nc_gap, "NEAR", tmp_path / "gpu")
+    control = nc_gap.device_control()
+    assert control["gap"] == pytest.approx(1.0) and control["se"] == pytest.approx((2 * 1.0 ** 2 / 3) ** 0.5)
+    assert control["cpu"]["n"] == control["gpu"]["n"] == 3 and control["cpu"]["hardware"] == {"auto": 3}
+    monkeypatch.setattr(nc_gap, "NEAR", tmp_path / "none")
+    assert nc_gap.device_control() is None  # nothing to compare yet
+
+
 def _gpu_dry_run(**env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "DRY_RUN": "1", **env})
