@@ -30,6 +30,7 @@ class TrainConfig:
     opt: str = "sgd"                  # sgd (Nesterov) | adamw
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True             # sgd: Nesterov momentum (False: classical momentum)
     weight_decay: float = 5e-4        # not applied to norm, bias and coder weights
     sched: str = "cosine"             # cosine | step | onecycle | constant
     warmup_epochs: float = 0.0
@@ -96,6 +97,7 @@ HELP = {  # the --help line of each field's flag (pnnh train, pnnh compare)
     "download": "fetch the official CIFAR/MNIST/Fashion-MNIST files (MD5-checked) if they are not on disk",
     "cache_dir": "where decoded image folders are cached (default ~/.cache/pnnh, or $PNNH_CACHE_DIR)",
     "batch_size": "images per process and step", "opt": "sgd (Nesterov) | adamw",
+    "nesterov": "sgd with Nesterov momentum; --no-nesterov: classical (heavy-ball) momentum",
     "sched": "cosine | step | onecycle | constant", "amp": "none | bf16 | fp16 (autocast)",
     "output": "run folder (default runs/<model>-<kind>-seed<seed>; compare: reports/<model>-<data>)",
     "stop_after_steps": "stop as if interrupted after N steps (checkpoint, exit 130): to test --resume",

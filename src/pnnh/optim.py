@@ -38,12 +38,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
-    """The optimiser (Nesterov SGD or AdamW; no weight decay on norms, biases and coders), its per-step
-    learning-rate schedule, and the fp16 gradient scaler (a no-op otherwise)."""
+    """The optimiser (SGD, Nesterov unless ``cfg.nesterov`` is off, or AdamW; no weight decay on norms,
+    biases and coders), its per-step learning-rate schedule, and the fp16 gradient scaler (a no-op
+    otherwise)."""
     groups = param_groups(model, cfg.weight_decay)
     optimizer: torch.optim.Optimizer
     if cfg.opt == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                    nesterov=cfg.nesterov and cfg.momentum > 0)
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
