@@ -4,6 +4,7 @@
     python benchmarks/time_to_accuracy.py --only resnet56:residual airbench
     python benchmarks/time_to_accuracy.py --report        # table and plot from the committed runs only
     python benchmarks/time_to_accuracy.py --epochs 12 --only resnet56:residual   # the recipe, shorter
+    python benchmarks/time_to_accuracy.py --ablation no-nesterov --seed 0  # one ingredient changed, 12 epochs
 
 Every pnnh entry is one `pnnh compare --recipe RECIPE --no-report` run on the full 50,000 training images
 of CIFAR-10 (JPEG q75 copy), tested on the full 10,000-image test set after every epoch, into
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pnnh.config import TrainConfig
+from pnnh.config import TrainConfig, config_differences
 from pnnh.device import bf16_units, cpu_flags, cpu_name
 from pnnh.entries import Entry
 from pnnh.io import save_figure, write_atomic, write_json
@@ -38,6 +39,18 @@ DATA_DIR = "../shared/data/cifar10-jpeg"  # relative to the repository, as bench
 ENTRIES = ["resnet56:residual", "resnet20:residual", "resnet110:residual", "resnet56:plain",
            "resnet56:pnnh:code_ratio=0.5"]
 AIRBENCH = OUT / "airbench93.json"
+# Each ingredient measured alone: the recipe with one change (flags, and the config keys it may change),
+# trained at ABLATION_EPOCHS into ablation-<name>/ and set against the recipe's run of the same entry, seed
+# and length (cifar-fast-<N>ep/). The average of the weights needs no run: benchmarks/ema_gain.py.
+ABLATION_EPOCHS = 12
+ABLATIONS = {
+    "lr0.4": ("half the peak learning rate (0.4)", ["--lr", "0.4"], {"lr"}),
+    "ls0": ("no label smoothing", ["--label-smoothing", "0"], {"label_smoothing"}),
+    "no-nesterov": ("classical momentum, not Nesterov", ["--no-nesterov"], {"nesterov"}),
+    "warmup0": ("no warm-up", ["--warmup-epochs", "0"], {"warmup_epochs"}),
+    "batch256": ("batch 256 at lr 0.4 (the peak scaled with the batch)", ["--batch-size", "256", "--lr", "0.4"],
+                 {"batch_size", "lr"}),
+}
 # The near-convergence matrix (benchmarks/evidence.sh's nc stages, benchmarks/gpu.sh MATRIX=nc) trains this
 # recipe at its own length too: its runs on a CPU are entries of the same curve and join the report.
 NEAR = OUT.parent / "gpu_nc_cifar-fast"
@@ -48,11 +61,12 @@ def study(recipe: str, epochs: int | None) -> str:
     return f"{recipe}-{epochs or RECIPES[recipe]['epochs']}ep"
 
 
-def train_entry(entry: str, recipe: str, seed: int, epochs: int | None) -> None:
+def train_entry(entry: str, recipe: str, seed: int, epochs: int | None, ablation: str | None = None) -> None:
+    folder = OUT / (f"ablation-{ablation}" if ablation else study(recipe, epochs))
     cmd = [str(ROOT / ".venv" / "bin" / "pnnh"), "compare", "--recipe", recipe, "--entries", entry, "--seeds", "1",
            "--seed", str(seed), "--data", "imagefolder", "--data-dir", DATA_DIR, "--workers", "0",
-           *(["--epochs", str(epochs)] if epochs is not None else []),
-           "--output", str((OUT / study(recipe, epochs)).relative_to(ROOT)), "--no-report"]
+           *(["--epochs", str(epochs)] if epochs is not None else []), *(ABLATIONS[ablation][1] if ablation else []),
+           "--output", str(folder.relative_to(ROOT)), "--no-report"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
 
@@ -76,13 +90,10 @@ def curves(recipe: str) -> dict[str, dict]:
     out = {}
     own = sorted((OUT / recipe / "runs").glob("*"))
     for run in own + sorted(NEAR.glob("nc_*/runs/*")):
-        try:
-            config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
-            rows = read_metrics(run)
-        except (OSError, ValueError):
-            continue
-        if len(rows) != config.epochs:
-            continue  # still training
+        done = finished(run)
+        if done is None:
+            continue  # still training, or nothing readable
+        config, rows = done
         if run not in own and (not config.recipe or study(config.recipe, config.epochs) != recipe
                                or not on_a_cpu(rows)):
             continue  # another recipe or length, or a GPU's run
@@ -123,6 +134,70 @@ def seed_summary(runs: dict[str, dict]) -> list[str]:
                      + (cell(flips) if len(flips) == len(lasts) else "–")
                      + " | " + ", ".join(f"{p['minutes']:.1f}" for p in lasts) + " |")
     return lines if groups else []
+
+
+def finished(run: Path) -> tuple[TrainConfig, list[dict]] | None:
+    """A run's config and per-epoch rows, if it finished."""
+    try:
+        config = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+        rows = read_metrics(run)
+    except (OSError, ValueError):
+        return None
+    return (config, rows) if len(rows) == config.epochs else None
+
+
+def ablations(recipe: str) -> list[dict]:
+    """One row per finished ablation run: its final accuracy (and with flips) beside the recipe's run of the
+    same entry, seed and length, and the difference. A run that differs from that run in more than its
+    ablation's keys is refused: one change at a time, or no row."""
+    rows = []
+    for name, (words, _, keys) in ABLATIONS.items():
+        for run in sorted((OUT / f"ablation-{name}" / "runs").glob("*")):
+            done = finished(run)
+            if done is None:
+                continue
+            config, history = done
+            base = finished(OUT / study(recipe, config.epochs) / "runs" / run.name)
+            if base is None:
+                print(f"time_to_accuracy: {run.relative_to(ROOT)} has no finished run of the recipe to set it "
+                      f"against ({study(recipe, config.epochs)}/runs/{run.name}): left out", file=sys.stderr)
+                continue
+            changed = set(config_differences(config, base[0]))
+            if changed != keys:
+                sys.exit(f"time_to_accuracy: {run.relative_to(ROOT)} differs from the recipe's run in "
+                         f"{', '.join(sorted(changed)) or 'nothing'}, where ablation {name} changes "
+                         f"{', '.join(sorted(keys))}: not one change")
+            last, base_last = history[-1], base[1][-1]
+            flips = (last.get("test_acc_flip"), base_last.get("test_acc_flip"))
+            rows.append({"ablation": name, "change": words, "run": run.name, "epochs": config.epochs,
+                         "seed": config.seed, "test_acc": last["test_acc"], "recipe_test_acc": base_last["test_acc"],
+                         "difference": last["test_acc"] - base_last["test_acc"],
+                         "test_acc_flip": flips[0], "recipe_test_acc_flip": flips[1],
+                         "difference_flip": None if None in flips else flips[0] - flips[1],
+                         "minutes": sum(r["seconds"] for r in history) / 60,
+                         "recipe_minutes": sum(r["seconds"] for r in base[1]) / 60})
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> list[str]:
+    lines = ["| change to the recipe | run | recipe | changed | difference | with flips: recipe, changed, difference "
+             "| minutes: recipe, changed |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        flip = (f"{100 * r['recipe_test_acc_flip']:.2f}%, {100 * r['test_acc_flip']:.2f}%, "
+                f"{100 * r['difference_flip']:+.2f}" if r["difference_flip"] is not None else "–")
+        lines.append(f"| {r['change']} (`ablation-{r['ablation']}`) | {r['run']}, {r['epochs']} epochs | "
+                     f"{100 * r['recipe_test_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
+                     f"{100 * r['difference']:+.2f} | {flip} | {r['recipe_minutes']:.1f}, {r['minutes']:.1f} |")
+    return lines
+
+
+def report_ablations(recipe: str) -> None:
+    rows = ablations(recipe)
+    lines = ablation_table(rows)
+    print("\n".join(["", *lines]))
+    write_json(OUT / "ablations.json", {"recipe": recipe, "rows": rows,
+                                        "command": "python benchmarks/time_to_accuracy.py --ablation NAME"})
+    write_atomic(OUT / "ablations.md", "\n".join(lines) + "\n")
 
 
 def report(recipe: str) -> None:
@@ -170,7 +245,17 @@ def main() -> None:
     p.add_argument("--epochs", type=int, help="train the recipe for this many epochs instead of its own")
     p.add_argument("--only", nargs="*", help="entries to train (model:kind[:options] or airbench); default all")
     p.add_argument("--report", action="store_true", help="only the table and plot of the committed runs")
+    p.add_argument("--ablation", choices=sorted(ABLATIONS),
+                   help=f"train the recipe with this one change (default {ABLATION_EPOCHS} epochs, resnet56:residual "
+                        "unless --only) into ablation-<name>/, then report the ablations")
     args = p.parse_args()
+    if args.ablation:
+        epochs = args.epochs or ABLATION_EPOCHS
+        if not args.report:
+            for entry in args.only or ["resnet56:residual"]:
+                train_entry(entry, args.recipe, args.seed, epochs, args.ablation)
+        report_ablations(args.recipe)
+        return
     if not args.report:
         for entry in args.only or [*ENTRIES, "airbench"]:
             if entry == "airbench":
@@ -179,6 +264,7 @@ def main() -> None:
             else:
                 train_entry(entry, args.recipe, args.seed, args.epochs)
     report(study(args.recipe, args.epochs))
+    report_ablations(args.recipe)
 
 
 if __name__ == "__main__":

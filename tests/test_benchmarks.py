@@ -58,12 +58,17 @@ def test_two_workers_queue_every_seed_of_a_stage_once() -> None:
 
 @pytest.fixture(scope="module")
 def skip_free():
+    return _benchmark("skip_free")
+
+
+def _benchmark(name: str):
+    """benchmarks/<name>.py as a module (its own imports of the other benchmark scripts resolved)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        spec = importlib.util.spec_from_file_location("skip_free", ROOT / "benchmarks" / "skip_free.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        yield module
+        return module
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
 
@@ -107,13 +112,7 @@ def test_skip_free_takes_each_entrys_seeds_from_one_device(skip_free, tmp_path, 
 def test_time_to_accuracy_takes_the_near_convergence_matrixs_cpu_runs_of_its_recipe(tmp_path, monkeypatch) -> None:
     """The curve of a recipe at its length reads its own runs and the near-convergence matrix's runs of the
     same recipe and length that ran on a CPU; not a GPU's, not another length's."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("time_to_accuracy", ROOT / "benchmarks" / "time_to_accuracy.py")
-        tta = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tta)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    tta = _benchmark("time_to_accuracy")
     cpu, gpu = "AMD EPYC, 2 torch threads", "NVIDIA H200"
 
     def run(folder: Path, kind: str, seed: int, epochs: int, where: str, acc: float) -> None:
@@ -137,14 +136,32 @@ def test_time_to_accuracy_takes_the_near_convergence_matrixs_cpu_runs_of_its_rec
     assert "| resnet56:plain | 1 | 80.00% | 81.00% | 2.0 |" in tta.seed_summary(runs)
 
 
+def test_an_ablation_is_set_against_the_recipes_run_and_must_change_one_thing(tmp_path, monkeypatch) -> None:
+    tta = _benchmark("time_to_accuracy")
+
+    def run(folder: Path, acc: float, **changes) -> None:
+        folder.mkdir(parents=True)
+        folder.joinpath("config.json").write_text(json.dumps(
+            {"model": "resnet56", "kind": "residual", "model_kwargs": {}, "seed": 0, "epochs": 1, "recipe": "r",
+             "label_smoothing": 0.1, "output": str(folder), **changes}))
+        folder.joinpath("metrics.jsonl").write_text(json.dumps(
+            {"epoch": 1, "test_acc": acc, "test_acc_flip": acc + 0.01, "seconds": 120.0}) + "\n")
+    run(tmp_path / "r-1ep" / "runs" / "resnet56-residual-seed0", 0.85)
+    run(tmp_path / "ablation-ls0" / "runs" / "resnet56-residual-seed0", 0.86, label_smoothing=0.0)
+    run(tmp_path / "ablation-ls0" / "runs" / "resnet56-residual-seed1", 0.90, label_smoothing=0.0, seed=1)  # no base
+    monkeypatch.setattr(tta, "OUT", tmp_path)
+    monkeypatch.setattr(tta, "ROOT", tmp_path)
+    (row,) = tta.ablations("r")
+    assert row["ablation"] == "ls0" and row["difference"] == pytest.approx(0.01)
+    assert row["difference_flip"] == pytest.approx(0.01) and row["minutes"] == row["recipe_minutes"] == 2.0
+    assert "| +1.00 |" in tta.ablation_table([row])[2]
+    run(tmp_path / "ablation-no-nesterov" / "runs" / "resnet56-residual-seed0", 0.84, nesterov=False, lr=0.4)
+    with pytest.raises(SystemExit, match="differs from the recipe's run in lr, nesterov.*not one change"):
+        tta.ablations("r")
+
+
 def test_nc_gap_device_control_compares_the_residual_net_across_devices(tmp_path, monkeypatch) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("nc_gap", ROOT / "benchmarks" / "nc_gap.py")
-        nc_gap = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(nc_gap)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    nc_gap = _benchmark("nc_gap")
     for seed, (on_cpu, on_gpu) in enumerate(((0.88, 0.87), (0.89, 0.88), (0.90, 0.89))):
         _finished(tmp_path / "cpu", "cifar-fast-25ep", ("resnet56", "residual"), seed, on_cpu, "auto")
         _finished(tmp_path / "gpu", "nc_a56", ("resnet56", "residual"), seed, on_gpu, "cuda")
