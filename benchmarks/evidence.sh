@@ -42,6 +42,9 @@ VIT_RECIPE=(--data imagefolder --data-dir "${DATA_DIR:-../shared/data/cifar10-jp
 # Near convergence (issue: evidence near convergence): the time-to-accuracy recipe `cifar-fast` on all
 # 50,000 training images at NC_EPOCHS epochs, into benchmarks/results/evidence_nc/ (one budget there);
 # the gap against the budget at about 1/4 and 1/2 of it into evidence_nc_gap/<stage>/ (a budget each).
+# benchmarks/verdict.py reads the matrix a lent GPU ran (benchmarks/results/gpu_nc_cifar-fast/); a seed
+# it lacks joins it from a CPU only with the very same settings, data path included (DATA_DIR=/tmp/lease/
+# data/cifar10-jpeg, the lease's unpacked copy of the same folder, and OUT_NC=.../gpu_nc_cifar-fast).
 # NC_EPOCHS is the candidate where residual resnet56 reaches 88% (two seeds at 25 epochs are being run
 # by benchmarks/time_to_accuracy.py; the budget is settled when its mean of 3 seeds is >= 88%).
 NC_EPOCHS=${NC_EPOCHS:-25}
@@ -62,7 +65,7 @@ recipe() {
 out() {
   case $1 in
     vit*) echo benchmarks/results/evidence_vit/$1 ;; nc_quarter|nc_half) echo benchmarks/results/evidence_nc_gap/$1 ;;
-    nc_*) echo benchmarks/results/evidence_nc/$1 ;; lr_*) echo benchmarks/results/evidence_lr/$1 ;;
+    nc_*) echo "${OUT_NC:-benchmarks/results/evidence_nc}/$1" ;; lr_*) echo benchmarks/results/evidence_lr/$1 ;;
     *) echo benchmarks/results/evidence/$1 ;;
   esac
 }

@@ -10,8 +10,10 @@ Inputs (each made by a command of this repository, named in the output):
 - training throughput, benchmarks/results/throughput/resnet56_controls_b128.json (pnnh bench);
 - the ViT matrix, benchmarks/results/evidence_vit/*/runs/* (benchmarks/evidence.sh vit12 vit24);
 - near convergence, the full-budget stages of benchmarks/results/gpu_nc_cifar-fast/ (the CPU's time-to-accuracy
-  recipe at 25 epochs on all 50,000 images, run on a lent GPU by benchmarks/gpu.sh): the accuracy claims again,
-  by the same rules, in a column of their own (one verdict never mixes budgets).
+  recipe at 25 epochs on all 50,000 images, run on a lent GPU by benchmarks/gpu.sh; a seed the GPU did not
+  finish may run on a CPU at the same settings, and the column names where its runs ran, with the device
+  control in benchmarks/nc_gap.py): the accuracy claims again, by the same rules, in a column of their own
+  (one verdict never mixes budgets).
 
 Rules. Accuracy is the final test accuracy on the full test set, per seed; an entry needs SEEDS_NEEDED
 finished seeds to decide anything. A seed that diverged (its loss or gradient became NaN/inf: the run's

@@ -14,9 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _dry_run(*stages: str, jobs: int = 1) -> subprocess.CompletedProcess:
+def _dry_run(*stages: str, jobs: int = 1, **extra: str) -> subprocess.CompletedProcess:
     """benchmarks/evidence.sh with PNNH=echo: the compare commands it would run, printed, nothing trained."""
-    env = {**os.environ, "PNNH": "echo", "JOBS": str(jobs)}
+    env = {**os.environ, "PNNH": "echo", "JOBS": str(jobs), **extra}
     env.pop("SEEDS", None)
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "evidence.sh"), *stages], capture_output=True,
                           text=True, env=env, timeout=60)
@@ -37,6 +37,10 @@ def test_near_convergence_stages_carry_their_budget_seeds_and_folders() -> None:
     dirac = _dry_run("nc_d_skipfree56").stdout  # the best skip-free kind at 20k x 8 enters near convergence
     assert "--recipe cifar-fast --epochs 25" in dirac and "--seeds 0,1,2 --entries resnet56:dirac " in dirac
     assert "--output benchmarks/results/evidence_nc/nc_d_skipfree56" in dirac
+    # a CPU's seed joins the GPU's matrix only with its settings, data path included
+    joined = _dry_run("nc_a56", OUT_NC="benchmarks/results/gpu_nc_cifar-fast", DATA_DIR="/tmp/lease/data/cifar10-jpeg")
+    assert "--data-dir /tmp/lease/data/cifar10-jpeg" in joined.stdout
+    assert joined.stdout.rstrip().endswith("--output benchmarks/results/gpu_nc_cifar-fast/nc_a56")
 
 
 def test_skip_free_stages_and_refusals() -> None:
