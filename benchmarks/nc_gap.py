@@ -74,7 +74,7 @@ CPU_RUNS = RESULTS / "time_to_accuracy"  # the recipe's own runs on the CPU (ben
 def device_control() -> dict | None:
     """The residual resnet56 at the full budget on the CPU minus on the GPU, with its standard error."""
     cpu, budget_cpu = finished_runs(CPU_RUNS, ("cifar-fast-25ep",))
-    gpu, budget_gpu = finished_runs(NEAR, ("nc_a56",))
+    gpu, _ = finished_runs(NEAR, ("nc_a56",))
     if REFERENCE not in cpu or REFERENCE not in gpu:
         return None
     a, b = stats(cpu[REFERENCE]), stats(gpu[REFERENCE])
