@@ -3,6 +3,7 @@ torch.compile, for the three kinds of one model. Every setting is timed in this 
 interleaved rounds (settings A B C A B C ...), and reported as a ratio to float32 eager NCHW.
 
     python benchmarks/cpu_settings.py --model resnet56 --batch-size 64 --rounds 3 [--compile] > out.json
+    python benchmarks/cpu_settings.py --batch-size 512 --settings fp32,fp32_channels_last > out.json
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 import torch
 
 from pnnh.bench import bench
-from pnnh.device import bf16_units, cpu_name
+from pnnh.device import bf16_units, cpu_flags, cpu_name
 from pnnh.entries import parse_entries
 
 
@@ -26,6 +27,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="also time torch.compile (float32, NCHW)")
+    p.add_argument("--settings", default="fp32,fp32_channels_last,bf16,bf16_channels_last",
+                   help="which settings to time (fp32 always runs: it is the ratios' base); on a CPU without "
+                        "bf16 units leave the bf16 ones out at large batches (emulated, about 0.07x)")
     args = p.parse_args()
     entries = parse_entries(",".join(f"{args.model}:{k}" for k in args.kinds.split(",")))
     settings = {"fp32": dict(amp="none", channels_last=False),
@@ -34,6 +38,10 @@ def main() -> None:
                 "bf16_channels_last": dict(amp="bf16", channels_last=True)}
     if args.compile:
         settings["fp32_compile"] = dict(amp="none", channels_last=False, compile=True)
+    chosen = set(args.settings.split(",")) | {"fp32", "fp32_compile"}
+    if unknown := set(args.settings.split(",")) - set(settings):
+        p.error(f"unknown setting(s) {', '.join(sorted(unknown))}; settings: {', '.join(settings)}")
+    settings = {k: v for k, v in settings.items() if k in chosen}
     times: dict[str, dict[str, dict[str, list[float]]]] = {s: {} for s in settings}
     for r in range(args.rounds):
         for name, options in settings.items():
@@ -52,7 +60,7 @@ def main() -> None:
                          "train_ratio_to_fp32": statistics.median(t["train"]) / statistics.median(base["train"]),
                          "infer_ratio_to_fp32": statistics.median(t["infer"]) / statistics.median(base["infer"])})
     print(json.dumps({"command": "python benchmarks/cpu_settings.py " + " ".join(sys.argv[1:]), "cpu": cpu_name(),
-                      "bf16_units": bf16_units(), "torch": torch.__version__,
+                      "bf16_units": bf16_units(), "avx2": "avx2" in cpu_flags(), "torch": torch.__version__,
                       "threads": torch.get_num_threads(), "batch_size": args.batch_size, "rounds": args.rounds,
                       "rows": rows}, indent=2))
 
