@@ -13,7 +13,9 @@ committed; a run interrupted resumes, a finished one is skipped); the near-conve
 same recipe and length that ran on a CPU (benchmarks/results/gpu_nc_cifar-fast/nc_*/) join the report.
 airbench 0.1.8's train93 runs through benchmarks/airbench_cpu.py in the timm environment (.venv-timm, where
 torchvision imports). Minutes are training time only (evaluation left out, as airbench's own timer does);
-the machine's CPU model and bf16 units are recorded with the results.
+the machine's CPU model and bf16 units are recorded with the results. An ablation trains the recipe's run of
+its seed and length first where that is missing, and refuses before training when that run's precision is
+not the one this machine gives the recipe (bf16 against float32 would be a second change).
 """
 from __future__ import annotations
 
@@ -26,11 +28,12 @@ from pathlib import Path
 
 import torch
 
+from pnnh.compare import run_dir
 from pnnh.config import TrainConfig, config_differences
 from pnnh.device import bf16_units, cpu_flags, cpu_name
-from pnnh.entries import Entry
+from pnnh.entries import Entry, parse_entries
 from pnnh.io import save_figure, write_atomic, write_json
-from pnnh.recipes import RECIPES
+from pnnh.recipes import RECIPES, recipe_options
 from pnnh.train import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +72,27 @@ def train_entry(entry: str, recipe: str, seed: int, epochs: int | None, ablation
            "--output", str(folder.relative_to(ROOT)), "--no-report"]
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def ablation_base(entry: str, recipe: str, seed: int, epochs: int) -> None:
+    """Before an ablation trains (an hour or more on a CPU): the recipe's run it is set against (same entry,
+    seed and length) is trained first where it is missing; one trained at another precision than this
+    machine gives the recipe is refused here, since the ablation would differ from it in more than one thing."""
+    base = run_dir(OUT / study(recipe, epochs), parse_entries(entry)[0], seed)
+    done = finished(base)
+    if done is None:
+        print(f"time_to_accuracy: no finished run of the recipe at {epochs} epochs for {entry} seed {seed} "
+              f"({base.relative_to(ROOT)}) to set the ablation against: training it first", file=sys.stderr)
+        train_entry(entry, recipe, seed, epochs)
+        return
+    here = recipe_options(recipe)["amp"]
+    if done[0].amp != here:
+        where = read_metrics(base)[-1].get("hardware", "another machine")
+        sys.exit(f"time_to_accuracy: the recipe's run {base.relative_to(ROOT)} trained with amp {done[0].amp} "
+                 f"({where}), but this machine runs recipe {recipe} with amp {here} (bf16 units: "
+                 f"{', '.join(bf16_units()) or 'none'}), so an ablation trained here would differ from it in "
+                 f"precision too: run the ablation where the recipe resolves to amp {done[0].amp} (bf16: a CPU with "
+                 f"amx_bf16 or avx512_bf16, or a GPU)")
 
 
 def train_airbench() -> None:
@@ -253,6 +277,7 @@ def main() -> None:
         epochs = args.epochs or ABLATION_EPOCHS
         if not args.report:
             for entry in args.only or ["resnet56:residual"]:
+                ablation_base(entry, args.recipe, args.seed, epochs)
                 train_entry(entry, args.recipe, args.seed, epochs, args.ablation)
         report_ablations(args.recipe)
         return

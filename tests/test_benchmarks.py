@@ -164,6 +164,26 @@ def test_an_ablation_is_set_against_the_recipes_run_and_must_change_one_thing(tm
         tta.ablations("r")
 
 
+def test_an_ablation_trains_its_recipe_run_first_and_refuses_one_of_another_precision(tmp_path, monkeypatch) -> None:
+    tta = _benchmark("time_to_accuracy")
+    trained = []
+    monkeypatch.setattr(tta, "OUT", tmp_path)
+    monkeypatch.setattr(tta, "ROOT", tmp_path)
+    monkeypatch.setattr(tta, "train_entry", lambda *args: trained.append(args))
+    monkeypatch.setattr(tta, "recipe_options", lambda name: {"amp": "none"})  # a CPU without bf16 units
+    tta.ablation_base("resnet56:residual", "cifar-fast", 0, 1)  # no recipe run yet: trained first
+    assert trained == [("resnet56:residual", "cifar-fast", 0, 1)]
+    base = tmp_path / "cifar-fast-1ep" / "runs" / "resnet56-residual-seed0"
+    base.mkdir(parents=True)
+    base.joinpath("config.json").write_text(json.dumps({"model": "resnet56", "kind": "residual", "epochs": 1,
+                                                        "recipe": "cifar-fast", "amp": "bf16"}))
+    base.joinpath("metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.85, "hardware": "X"}) + "\n")
+    with pytest.raises(SystemExit, match="trained with amp bf16 .X., but this machine runs recipe cifar-fast "
+                                         "with amp none"):
+        tta.ablation_base("resnet56:residual", "cifar-fast", 0, 1)
+    assert len(trained) == 1  # refused before any training
+
+
 def test_nc_gap_device_control_compares_the_residual_net_across_devices(tmp_path, monkeypatch) -> None:
     nc_gap = _benchmark("nc_gap")
     for seed, (on_cpu, on_gpu) in enumerate(((0.88, 0.87), (0.89, 0.88), (0.90, 0.89))):
