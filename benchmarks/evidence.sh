@@ -107,10 +107,17 @@ main() {  # one function, parsed whole before it runs: editing this file mid-run
 stages=("${@:-${ORDER[@]}}")
 for stage in "${stages[@]}"; do
   [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24 ${NC_ORDER[*]}" >&2; exit 2; }
-  if [[ $stage == vit* ]] && ! grep -qE 'amx_bf16|avx512_bf16' /proc/cpuinfo 2>/dev/null \
-     && ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
+  real_bf16() { grep -qE 'amx_bf16|avx512_bf16' "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null \
+                || "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; }
+  if [[ $stage == vit* ]] && ! real_bf16; then
     echo "stage $stage trains in bf16, which this CPU has no units for (emulated, about 14x slower than" \
          "float32): run it on a CPU with amx_bf16 or avx512_bf16, or a GPU" >&2; exit 2
+  fi
+  # The recipe trains in float32 on a CPU without bf16 units: such a seed cannot join a bf16 matrix
+  if [[ $stage == nc_* && -n ${OUT_NC:-} ]] && ! real_bf16; then
+    echo "stage $stage into OUT_NC=$OUT_NC: this CPU has no bf16 units, so the recipe would train in float32" \
+         "and its runs could not join that matrix (bf16); leave OUT_NC unset (evidence_nc/, a budget of its" \
+         "own) or run it on a CPU with amx_bf16 or avx512_bf16" >&2; exit 2
   fi
 done
 

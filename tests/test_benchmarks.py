@@ -38,9 +38,21 @@ def test_near_convergence_stages_carry_their_budget_seeds_and_folders() -> None:
     assert "--recipe cifar-fast --epochs 25" in dirac and "--seeds 0,1,2 --entries resnet56:dirac " in dirac
     assert "--output benchmarks/results/evidence_nc/nc_d_skipfree56" in dirac
     # a CPU's seed joins the GPU's matrix only with its settings, data path included
-    joined = _dry_run("nc_a56", OUT_NC="benchmarks/results/gpu_nc_cifar-fast", DATA_DIR="/tmp/lease/data/cifar10-jpeg")
+    joined = _dry_run("nc_a56", OUT_NC="benchmarks/results/gpu_nc_cifar-fast", DATA_DIR="/tmp/lease/data/cifar10-jpeg",
+                      PYTHON="true")  # as if bf16 ran on real units here (a GPU)
     assert "--data-dir /tmp/lease/data/cifar10-jpeg" in joined.stdout
     assert joined.stdout.rstrip().endswith("--output benchmarks/results/gpu_nc_cifar-fast/nc_a56")
+
+
+def test_a_seed_that_would_train_in_float32_is_refused_from_a_bf16_matrix(tmp_path) -> None:
+    avx2, bf16 = tmp_path / "avx2", tmp_path / "bf16"  # /proc/cpuinfo of a CPU without and with bf16 units
+    avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma\n")
+    bf16.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n")
+    no_gpu = {"PYTHON": "false", "OUT_NC": "benchmarks/results/gpu_nc_cifar-fast"}
+    refused = _dry_run("nc_a56", CPUINFO=str(avx2), **no_gpu)
+    assert refused.returncode == 2 and "this CPU has no bf16 units" in refused.stderr and refused.stdout == ""
+    assert _dry_run("nc_a56", CPUINFO=str(bf16), **no_gpu).returncode == 0
+    assert _dry_run("nc_a56", CPUINFO=str(avx2), PYTHON="false").returncode == 0  # evidence_nc/: its own budget
 
 
 def test_skip_free_stages_and_refusals() -> None:
