@@ -40,6 +40,15 @@ def test_cifar_fast_resolves_to_its_documented_settings() -> None:
         recipe_options("fast")
 
 
+@pytest.mark.parametrize("units,amp", [([], "none"), (["avx512_bf16"], "bf16"), (["amx_bf16"], "bf16")])
+def test_the_recipe_takes_bf16_only_where_the_cpu_has_units_and_says_so_where_not(monkeypatch, caplog, units,
+                                                                                  amp) -> None:
+    monkeypatch.setattr("pnnh.recipes.bf16_units", lambda: units)
+    with caplog.at_level("INFO", logger="pnnh"):
+        assert recipe_options("cifar-fast", device="cpu")["amp"] == amp
+    assert ("trains in float32" in caplog.text) == (amp == "none")
+
+
 def test_a_recipe_run_records_every_setting_and_flags_win(tmp_path: Path) -> None:
     run = tmp_path / "run"
     result = pnnh_main("train", "--recipe", "cifar-fast", "--model", "resnet20", "--data", "fashion-mnist",
