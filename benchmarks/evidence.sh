@@ -105,10 +105,12 @@ seeds_of() { seq 0 $(( ${SEEDS_GIVEN:-${STAGE_SEEDS[$1]:-3}} - 1 )); }
 
 main() {  # one function, parsed whole before it runs: editing this file mid-run cannot change a running matrix
 stages=("${@:-${ORDER[@]}}")
+real_bf16() {  # bf16 on real units: a CPU with amx_bf16 or avx512_bf16 (CPUINFO: a stand-in for tests), or a GPU
+  grep -qE 'amx_bf16|avx512_bf16' "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null \
+    || "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null
+}
 for stage in "${stages[@]}"; do
   [ -n "${STAGES[$stage]:-}" ] || { echo "unknown stage $stage; stages: ${ORDER[*]} vit12 vit24 ${NC_ORDER[*]}" >&2; exit 2; }
-  real_bf16() { grep -qE 'amx_bf16|avx512_bf16' "${CPUINFO:-/proc/cpuinfo}" 2>/dev/null \
-                || "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; }
   if [[ $stage == vit* ]] && ! real_bf16; then
     echo "stage $stage trains in bf16, which this CPU has no units for (emulated, about 14x slower than" \
          "float32): run it on a CPU with amx_bf16 or avx512_bf16, or a GPU" >&2; exit 2
