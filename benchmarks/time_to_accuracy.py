@@ -85,14 +85,13 @@ def ablation_base(entry: str, recipe: str, seed: int, epochs: int) -> None:
               f"({base.relative_to(ROOT)}) to set the ablation against: training it first", file=sys.stderr)
         train_entry(entry, recipe, seed, epochs)
         return
-    here = recipe_options(recipe)["amp"]
-    if done[0].amp != here:
-        where = read_metrics(base)[-1].get("hardware", "another machine")
-        sys.exit(f"time_to_accuracy: the recipe's run {base.relative_to(ROOT)} trained with amp {done[0].amp} "
-                 f"({where}), but this machine runs recipe {recipe} with amp {here} (bf16 units: "
-                 f"{', '.join(bf16_units()) or 'none'}), so an ablation trained here would differ from it in "
-                 f"precision too: run the ablation where the recipe resolves to amp {done[0].amp} (bf16: a CPU with "
-                 f"amx_bf16 or avx512_bf16, or a GPU)")
+    (config, rows), here = done, recipe_options(recipe)["amp"]
+    if config.amp != here:
+        sys.exit(f"time_to_accuracy: the recipe's run {base.relative_to(ROOT)} trained with amp {config.amp} "
+                 f"({rows[-1].get('hardware', 'another machine')}), but this machine runs recipe {recipe} with amp "
+                 f"{here} (bf16 units: {', '.join(bf16_units()) or 'none'}), so an ablation trained here would "
+                 f"differ from it in precision too: run the ablation where the recipe resolves to amp "
+                 f"{config.amp} (bf16: a CPU with amx_bf16 or avx512_bf16, or a GPU)")
 
 
 def train_airbench() -> None:
