@@ -193,7 +193,9 @@ def ablations(recipe: str) -> list[dict]:
             last, base_last = history[-1], base[1][-1]
             flips = (last.get("test_acc_flip"), base_last.get("test_acc_flip"))
             rows.append({"ablation": name, "change": words, "run": run.name, "epochs": config.epochs,
-                         "seed": config.seed, "test_acc": last["test_acc"], "recipe_test_acc": base_last["test_acc"],
+                         "seed": config.seed, "precision": "float32" if config.amp == "none" else config.amp,
+                         "hardware": sorted({r.get("hardware", "not recorded") for r in history}),
+                         "test_acc": last["test_acc"], "recipe_test_acc": base_last["test_acc"],
                          "difference": last["test_acc"] - base_last["test_acc"],
                          "test_acc_flip": flips[0], "recipe_test_acc_flip": flips[1],
                          "difference_flip": None if None in flips else flips[0] - flips[1],
@@ -203,13 +205,13 @@ def ablations(recipe: str) -> list[dict]:
 
 
 def ablation_table(rows: list[dict]) -> list[str]:
-    lines = ["| change to the recipe | run | recipe | changed | difference | with flips: recipe, changed, difference "
-             "| minutes: recipe, changed |", "|---|---|---|---|---|---|---|"]
+    lines = ["| change to the recipe | run | precision | recipe | changed | difference | with flips: recipe, changed, "
+             "difference | minutes: recipe, changed |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         flip = (f"{100 * r['recipe_test_acc_flip']:.2f}%, {100 * r['test_acc_flip']:.2f}%, "
                 f"{100 * r['difference_flip']:+.2f}" if r["difference_flip"] is not None else "–")
         lines.append(f"| {r['change']} (`ablation-{r['ablation']}`) | {r['run']}, {r['epochs']} epochs | "
-                     f"{100 * r['recipe_test_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
+                     f"{r['precision']} | {100 * r['recipe_test_acc']:.2f}% | {100 * r['test_acc']:.2f}% | "
                      f"{100 * r['difference']:+.2f} | {flip} | {r['recipe_minutes']:.1f}, {r['minutes']:.1f} |")
     return lines
 

@@ -170,7 +170,7 @@ def test_an_ablation_is_set_against_the_recipes_run_and_must_change_one_thing(tm
     (row,) = tta.ablations("r")
     assert row["ablation"] == "ls0" and row["difference"] == pytest.approx(0.01)
     assert row["difference_flip"] == pytest.approx(0.01) and row["minutes"] == row["recipe_minutes"] == 2.0
-    assert "| +1.00 |" in tta.ablation_table([row])[2]
+    assert "| float32 | 85.00% | 86.00% | +1.00 |" in tta.ablation_table([row])[2]  # the precision it trained at
     run(tmp_path / "ablation-no-nesterov" / "runs" / "resnet56-residual-seed0", 0.84, nesterov=False, lr=0.4)
     with pytest.raises(SystemExit, match="differs from the recipe's run in lr, nesterov.*not one change"):
         tta.ablations("r")

@@ -11,7 +11,7 @@ import torch
 import pnnh
 from pnnh.config import TrainConfig, config_differences
 from pnnh.data import load_dataset, make_loader
-from pnnh.device import bf16_units
+from pnnh.device import bf16_units, hardware
 from pnnh.errors import PnnhError
 from pnnh.evaluate import evaluate, evaluate_checkpoint, format_eval
 from pnnh.optim import build_optimizer, make_ema, update_ema
@@ -47,6 +47,16 @@ def test_the_recipe_takes_bf16_only_where_the_cpu_has_units_and_says_so_where_no
     with caplog.at_level("INFO", logger="pnnh"):
         assert recipe_options("cifar-fast", device="cpu")["amp"] == amp
     assert ("trains in float32" in caplog.text) == (amp == "none")
+
+
+@pytest.mark.parametrize("flags,tag", [({"avx2"}, "no bf16 units"), ({"avx2", "avx512_bf16"}, "avx512_bf16"),
+                                       ({"avx512_bf16", "amx_bf16"}, "AMX")])
+def test_an_epochs_hardware_line_tells_cpus_of_one_name_apart_by_their_bf16_units(monkeypatch, flags, tag) -> None:
+    """Two 'AMD EPYC's differ threefold in the recipe's speed: the metrics row names the bf16 units."""
+    monkeypatch.setattr("pnnh.device.cpu_flags", lambda: flags)
+    monkeypatch.setattr("pnnh.device.cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert hardware(torch.device("cpu")) == f"AMD EPYC ({tag}), 2 torch threads"
 
 
 def test_a_recipe_run_records_every_setting_and_flags_win(tmp_path: Path) -> None:
