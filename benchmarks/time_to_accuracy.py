@@ -125,7 +125,9 @@ def curves(recipe: str) -> dict[str, dict]:
             minutes += row["seconds"] / 60
             points.append({"epoch": row["epoch"], "minutes": minutes, "test_acc": row["test_acc"],
                            "test_acc_flip": row.get("test_acc_flip"), "img_per_s": row["img_per_s"]})
-        label = Entry(config.model, config.kind, config.model_kwargs).label + f" seed {config.seed}" \
+        # a float32 run (a CPU without bf16 units) is an entry of its own: never averaged with bf16 seeds
+        label = Entry(config.model, config.kind, config.model_kwargs).label \
+            + (" (float32)" if config.amp == "none" else "") + f" seed {config.seed}" \
             + ("" if run in own else f" ({run.parents[1].name}, near-convergence matrix)")
         out[label] = {"points": points, "hardware": sorted({r.get("hardware") for r in rows} - {None}),
                       "config": json.loads((run / "config.json").read_text())}

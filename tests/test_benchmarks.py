@@ -131,10 +131,11 @@ def test_time_to_accuracy_takes_the_near_convergence_matrixs_cpu_runs_of_its_rec
     tta = _benchmark("time_to_accuracy")
     cpu, gpu = "AMD EPYC, 2 torch threads", "NVIDIA H200"
 
-    def run(folder: Path, kind: str, seed: int, epochs: int, where: str, acc: float) -> None:
+    def run(folder: Path, kind: str, seed: int, epochs: int, where: str, acc: float, amp: str = "bf16") -> None:
         folder.mkdir(parents=True)
         folder.joinpath("config.json").write_text(json.dumps({"model": "resnet56", "kind": kind, "model_kwargs": {},
-                                                              "seed": seed, "epochs": epochs, "recipe": "r"}))
+                                                              "seed": seed, "epochs": epochs, "recipe": "r",
+                                                              "amp": amp}))
         folder.joinpath("metrics.jsonl").write_text("".join(json.dumps(
             {"epoch": e + 1, "test_acc": acc, "test_acc_flip": acc + 0.01, "img_per_s": 100.0, "seconds": 60.0,
              "hardware": where}) + "\n" for e in range(epochs)))
@@ -142,14 +143,20 @@ def test_time_to_accuracy_takes_the_near_convergence_matrixs_cpu_runs_of_its_rec
     run(tmp_path / "nc" / "nc_a56" / "runs" / "b", "plain", 2, 2, cpu, 0.80)
     run(tmp_path / "nc" / "nc_a56" / "runs" / "c", "plain", 0, 2, gpu, 0.70)  # a GPU's: not this machine's curve
     run(tmp_path / "nc" / "nc_half" / "runs" / "d", "plain", 1, 1, cpu, 0.60)  # another length
+    run(tmp_path / "tta" / "r-2ep" / "runs" / "e", "residual", 1, 2, cpu, 0.84, amp="none")  # a CPU without bf16
     monkeypatch.setattr(tta, "OUT", tmp_path / "tta")
     monkeypatch.setattr(tta, "NEAR", tmp_path / "nc")
     monkeypatch.setattr(tta, "AIRBENCH", tmp_path / "tta" / "airbench93.json")  # none here
     runs = tta.curves("r-2ep")
-    assert sorted(runs) == ["resnet56:plain seed 2 (nc_a56, near-convergence matrix)", "resnet56:residual seed 0"]
+    assert sorted(runs) == ["resnet56:plain seed 2 (nc_a56, near-convergence matrix)",
+                            "resnet56:residual (float32) seed 1", "resnet56:residual seed 0"]
     plain = runs["resnet56:plain seed 2 (nc_a56, near-convergence matrix)"]
     assert [p["minutes"] for p in plain["points"]] == [1.0, 2.0] and plain["hardware"] == [cpu]
-    assert "| resnet56:plain | 1 | 80.00% | 81.00% | 2.0 |" in tta.seed_summary(runs)
+    summary = tta.seed_summary(runs)
+    assert "| resnet56:plain | 1 | 80.00% | 81.00% | 2.0 |" in summary
+    # float32 and bf16 seeds of one entry are never averaged together
+    assert {"| resnet56:residual | 1 | 88.00% | 89.00% | 2.0 |",
+            "| resnet56:residual (float32) | 1 | 84.00% | 85.00% | 2.0 |"} <= set(summary)
 
 
 def test_an_ablation_is_set_against_the_recipes_run_and_must_change_one_thing(tmp_path, monkeypatch) -> None:
