@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from pnnh.compare import run_dir
-from pnnh.config import TrainConfig, config_differences
+from pnnh.config import TrainConfig, config_differences, precision
 from pnnh.device import bf16_units, cpu_flags, cpu_name
 from pnnh.entries import Entry, parse_entries
 from pnnh.io import save_figure, write_atomic, write_json
@@ -195,7 +195,7 @@ def ablations(recipe: str) -> list[dict]:
             last, base_last = history[-1], base[1][-1]
             flips = (last.get("test_acc_flip"), base_last.get("test_acc_flip"))
             rows.append({"ablation": name, "change": words, "run": run.name, "epochs": config.epochs,
-                         "seed": config.seed, "precision": "float32" if config.amp == "none" else config.amp,
+                         "seed": config.seed, "precision": precision(config.amp),
                          "hardware": sorted({r.get("hardware", "not recorded") for r in history}),
                          "test_acc": last["test_acc"], "recipe_test_acc": base_last["test_acc"],
                          "difference": last["test_acc"] - base_last["test_acc"],

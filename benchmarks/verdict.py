@@ -42,7 +42,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pnnh.compare import DIVERGED
-from pnnh.config import RESUME_SAFE, TrainConfig, config_differences
+from pnnh.config import RESUME_SAFE, TrainConfig, config_differences, precision
 from pnnh.entries import Entry
 from pnnh.errors import PnnhError
 from pnnh.io import save_figure, write_atomic, write_json  # the one writer: atomic, strict JSON
@@ -465,7 +465,7 @@ def describe_budget(b: dict) -> str:
     parts += [f"gradient clipping at norm {b['clip_grad']:g}"] if b["clip_grad"] else []
     parts += [f"mixup {b['mixup']:g}"] if b["mixup"] else []
     parts += [f"cutmix {b['cutmix']:g}"] if b["cutmix"] else []
-    parts += [("float32" if b["amp"] == "none" else b["amp"]) + (" channels-last" if b["channels_last"] else "")]
+    parts += [precision(b["amp"]) + (" channels-last" if b["channels_last"] else "")]
     return ", ".join(parts)
 
 

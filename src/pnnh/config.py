@@ -138,6 +138,11 @@ _TYPE_WORDS = {"int": "an integer", "int | None": "an integer", "float": "a fini
                "bool": "true or false", "dict": "a mapping of option: value"}
 
 
+def precision(amp: str) -> str:
+    """The number format a run's ``amp`` setting trains in, as reports name it: float32, bf16 or fp16."""
+    return "float32" if amp == "none" else amp
+
+
 def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
